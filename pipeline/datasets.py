@@ -1,0 +1,265 @@
+"""Datasets: read local JSONL/CSV/Parquet files or hub datasets into task-neutral Examples.
+
+    examples = load_examples(spec, "train")   # seeded shuffle, first dataset.train_size rows
+    examples[0].fields, examples[0].gold
+
+Field detection knows the shapes of SST-2, ConjNLI, ComVE, HellaSwag, GSM8K, DialogSum and chat JSONL with
+`messages` (Azure's distillation format); `dataset.fields` maps any other columns. Relative paths that do not
+exist from the working folder are looked up among the datasets bundled with Distillery (pipeline/data).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import DatasetError
+
+__all__ = ["Example", "BUNDLED_DIR", "resolve_path", "read_records", "detect_task", "load_examples", "to_examples"]
+
+BUNDLED_DIR = Path(__file__).parent / "data"
+LETTERS = "ABCDEFGHIJ"
+
+
+@dataclass
+class Example:
+    """One dataset row in canonical form.
+
+    fields by task: classification {text}; nli {premise, hypothesis}; multiple_choice {question, choices};
+    math {question}; summarization {text}; chat {messages} (the conversation up to the last user turn).
+    gold: label name (classification, nli), letter (multiple_choice), final number (math), reference
+    summary (summarization), reference reply (chat), or None when the dataset has none.
+    """
+
+    row: Any
+    fields: dict[str, Any]
+    gold: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_path(source: str) -> Path | None:
+    """A local file for this source, or None if it is not a local file (then it may be a hub id)."""
+    p = Path(source).expanduser()
+    if p.is_file():
+        return p
+    bundled = BUNDLED_DIR / source
+    if not p.is_absolute() and bundled.is_file():
+        return bundled
+    return None
+
+
+def _looks_like_file(source: str) -> bool:
+    return source.endswith((".jsonl", ".json", ".csv", ".tsv", ".parquet")) or "/" in source and Path(source).suffix != ""
+
+
+def read_records(source: str, split: str = "train") -> list[dict[str, Any]]:
+    """Read raw records from a local file or a Hugging Face hub dataset."""
+    path = resolve_path(source)
+    if path is None:
+        if _looks_like_file(source) or source.startswith((".", "/", "~")):
+            raise DatasetError(f"dataset file '{source}' does not exist; check the path (relative to where you run distillery).")
+        return _read_hub(source, split)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".jsonl", ".json"):
+            records = _read_json(path)
+        elif suffix in (".csv", ".tsv"):
+            with path.open(newline="", encoding="utf-8") as fh:
+                records = list(csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ","))
+        elif suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            records = pq.read_table(path).to_pylist()
+        else:
+            raise DatasetError(f"dataset file '{path}' has an unknown format; use .jsonl, .csv, .tsv or .parquet.")
+    except (UnicodeDecodeError, OSError) as err:
+        raise DatasetError(f"dataset file '{path}' cannot be read ({type(err).__name__}); check it is a UTF-8 text file.") from None
+    if not records:
+        raise DatasetError(f"dataset file '{path}' has no rows; give a file with at least one record.")
+    return records
+
+
+def _read_json(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DatasetError(f"dataset file '{path}' is not valid JSON (line {err.lineno}); fix or re-export it.") from None
+        return [r for r in data if isinstance(r, dict)]
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            raise DatasetError(f"dataset file '{path}' line {n} is not valid JSON; each line must be one JSON object.") from None
+        if not isinstance(rec, dict):
+            raise DatasetError(f"dataset file '{path}' line {n} is not a JSON object; each line must be one object.")
+        records.append(rec)
+    return records
+
+
+def _read_hub(source: str, split: str) -> list[dict[str, Any]]:
+    try:
+        import datasets as hf_datasets  # optional: real users have the hub
+    except ImportError:
+        raise DatasetError(f"'{source}' is not a local file and the `datasets` package is not installed; pip install datasets, or give a local file.") from None
+    name, _, config = source.partition(":")
+    try:
+        ds = hf_datasets.load_dataset(name, config or None, split=split)
+    except Exception as err:  # the hub raises many types; one sentence for all
+        raise DatasetError(f"could not load hub dataset '{source}' split '{split}' ({type(err).__name__}); check the id and your network, or give a local file.") from None
+    return [dict(r) for r in ds]
+
+
+# field detection -------------------------------------------------------------------------------------------
+
+_CANDIDATES = {
+    "text": ["text", "sentence", "review", "content", "input", "document", "dialogue", "article", "prompt"],
+    "premise": ["premise", "sentence1", "context"],
+    "hypothesis": ["hypothesis", "sentence2"],
+    "question": ["question", "ctx", "query", "problem", "goal"],
+    "choices": ["choices", "endings", "options"],
+    "label": ["label", "answerKey", "answer_key", "gold", "target"],
+    "final": ["final", "final_answer"],
+    "answer": ["answer", "solution"],
+    "summary": ["summary", "highlights", "reference"],
+    "messages": ["messages", "conversation"],
+}
+
+
+def _field(rec: dict, canonical: str, mapping: dict[str, str]) -> str | None:
+    if canonical in mapping:
+        return mapping[canonical]
+    for name in _CANDIDATES.get(canonical, []):
+        if name in rec:
+            return name
+    return None
+
+
+def detect_task(rec: dict[str, Any], mapping: dict[str, str] | None = None) -> str:
+    """Guess the task from one record's fields."""
+    m = mapping or {}
+    if _field(rec, "messages", m):
+        return "chat"
+    if _field(rec, "premise", m) and _field(rec, "hypothesis", m):
+        return "nli"
+    if _field(rec, "choices", m) and _field(rec, "question", m):
+        return "multiple_choice"
+    if _field(rec, "summary", m):
+        return "summarization"
+    if _field(rec, "question", m) and (_field(rec, "final", m) or _field(rec, "answer", m)):
+        return "math"
+    if _field(rec, "text", m):
+        return "classification"
+    raise DatasetError(f"cannot tell the task from fields {sorted(rec)}; set task=... and dataset.fields (e.g. dataset.fields.text=COLUMN).")
+
+
+def _gold_label(value: Any, labels: list[str] | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if labels is not None:
+        if isinstance(value, bool):
+            value = int(value)
+        if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit() and value.strip() not in labels):
+            i = int(value)
+            if 0 <= i < len(labels):
+                return labels[i]
+            raise DatasetError(f"gold label {i} is out of range for labels {labels}; set labels=[...] with one name per class.")
+        return str(value).strip()
+    return str(value).strip()
+
+
+def _math_final(rec: dict, m: dict[str, str]) -> str | None:
+    f = _field(rec, "final", m)
+    if f and rec.get(f) not in (None, ""):
+        return str(rec[f]).strip()
+    a = _field(rec, "answer", m)
+    if a and rec.get(a) not in (None, ""):
+        text = str(rec[a])
+        return text.rsplit("####", 1)[-1].strip() if "####" in text else text.strip()
+    return None
+
+
+def to_examples(records: list[dict[str, Any]], task: str, labels: list[str] | None, mapping: dict[str, str] | None, source: str) -> list[Example]:
+    """Convert raw records to Examples for this task; raises DatasetError naming missing fields."""
+    m = dict(mapping or {})
+    first = records[0]
+    need = {
+        "classification": ["text"],
+        "nli": ["premise", "hypothesis"],
+        "multiple_choice": ["question", "choices"],
+        "math": ["question"],
+        "summarization": ["text"],
+        "chat": ["messages"],
+    }[task]
+    cols = {c: _field(first, c, m) for c in need}
+    missing = [c for c, col in cols.items() if col is None or col not in first]
+    if missing:
+        raise DatasetError(
+            f"dataset '{source}' has no field for {', '.join(missing)} (fields: {', '.join(sorted(first))}); "
+            f"map it with dataset.fields.{missing[0]}=COLUMN."
+        )
+    label_col = _field(first, "label", m)
+    out: list[Example] = []
+    for i, rec in enumerate(records):
+        row = rec.get("row", rec.get("id", i))
+        fields = {c: rec.get(col) for c, col in cols.items()}
+        gold: str | None = None
+        if task in ("classification", "nli"):
+            gold = _gold_label(rec.get(label_col), labels) if label_col else None
+        elif task == "multiple_choice":
+            choices = fields["choices"]
+            if isinstance(choices, dict) and "text" in choices:  # ARC/OpenBookQA style
+                choices = choices["text"]
+            fields["choices"] = [str(c) for c in (choices or [])]
+            raw = rec.get(label_col) if label_col else None
+            if isinstance(raw, int) or (isinstance(raw, str) and raw.strip().isdigit()):
+                gold = LETTERS[int(raw)]
+            elif raw not in (None, ""):
+                gold = str(raw).strip().upper()
+        elif task == "math":
+            gold = _math_final(rec, m)
+        elif task == "summarization":
+            s = _field(rec, "summary", m)
+            gold = str(rec[s]).strip() if s and rec.get(s) else None
+        elif task == "chat":
+            msgs = [dict(role=x.get("role"), content=x.get("content")) for x in (fields["messages"] or [])]
+            if msgs and msgs[-1]["role"] == "assistant":
+                gold = msgs[-1]["content"]
+                msgs = msgs[:-1]
+            fields["messages"] = msgs
+        for c, v in fields.items():
+            if v is None or v == "" or v == []:
+                raise DatasetError(f"dataset '{source}' row {row} has an empty '{cols.get(c, c)}'; remove the row or fix the file.")
+        out.append(Example(row=row, fields=fields, gold=gold))
+    return out
+
+
+def _shuffle_take(examples: list[Example], size: int | None, seed: int) -> list[Example]:
+    if size is None or size >= len(examples):
+        order = list(examples)
+        random.Random(seed).shuffle(order)
+        return order
+    order = list(examples)
+    random.Random(seed).shuffle(order)
+    return order[:size]
+
+
+def load_examples(spec, split: str) -> list[Example]:
+    """Examples of the spec's train or test split: seeded shuffle, then the first N rows."""
+    source = spec.dataset.train if split == "train" else spec.dataset.test
+    if not source:
+        raise DatasetError(f"no {split} dataset given; set dataset.{split}=PATH (a JSONL, CSV or Parquet file).")
+    hub_split = spec.dataset.train_split if split == "train" else spec.dataset.test_split
+    records = read_records(source, hub_split)
+    task = spec.task or detect_task(records[0], spec.dataset.fields)
+    examples = to_examples(records, task, spec.labels, spec.dataset.fields, source)
+    size = spec.dataset.train_size if split == "train" else spec.dataset.test_size
+    return _shuffle_take(examples, size, spec.dataset.seed)

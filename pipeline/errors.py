@@ -1,0 +1,74 @@
+"""The Distillery error family: the pipeline raises these, front doors turn them into sentences.
+
+    DistilleryError                 base; str(err) is one sentence saying what was wrong and how to fix it
+    ├── SpecError                   the run spec (YAML or key=value) is invalid
+    ├── DatasetError                a dataset is missing, empty, unreadable or its fields are unknown
+    ├── ModelError                  a student or teacher model cannot be found or loaded
+    ├── TeacherError                a teacher cannot be configured or reached
+    │   └── UnknownTeacherError     no teacher is registered under that name
+    ├── LabellingError              labelling finished below teacher.min_success_ratio
+    ├── TrainingError               training cannot start or continue
+    ├── EvaluationError             evaluation cannot run (no gold labels, no model...)
+    ├── RunError                    a run record or run folder is missing, corrupt or in the wrong state
+    └── Cancelled                   the run was cancelled; what it produced is kept
+
+Messages never contain secrets: API keys are referred to by their environment variable name only.
+"""
+
+__all__ = [
+    "DistilleryError",
+    "SpecError",
+    "DatasetError",
+    "ModelError",
+    "TeacherError",
+    "UnknownTeacherError",
+    "LabellingError",
+    "TrainingError",
+    "EvaluationError",
+    "RunError",
+    "Cancelled",
+]
+
+
+class DistilleryError(Exception):
+    """Base of every error Distillery raises on purpose."""
+
+
+class SpecError(DistilleryError):
+    """The run spec is invalid."""
+
+
+class DatasetError(DistilleryError):
+    """A dataset cannot be used."""
+
+
+class ModelError(DistilleryError):
+    """A model cannot be found or loaded."""
+
+
+class TeacherError(DistilleryError):
+    """A teacher cannot be configured or reached."""
+
+
+class UnknownTeacherError(TeacherError):
+    """No teacher registered under that name."""
+
+
+class LabellingError(DistilleryError):
+    """Labelling ended below the minimum success ratio."""
+
+
+class TrainingError(DistilleryError):
+    """Training cannot start or continue."""
+
+
+class EvaluationError(DistilleryError):
+    """Evaluation cannot run."""
+
+
+class RunError(DistilleryError):
+    """A run record or folder is missing, corrupt or in the wrong state."""
+
+
+class Cancelled(DistilleryError):
+    """The run was cancelled."""

