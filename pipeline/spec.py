@@ -86,6 +86,7 @@ class TeacherSpec(_Strict):
     agree_with_gold: bool = False  # reject rows whose label disagrees with the dataset's gold label
     batch_size: int = Field(16, ge=1)  # local teacher: rows per forward pass
     device: str = "auto"  # local teacher: auto | cpu | cuda | mps
+    prompt_format: Literal["auto", "chat", "plain"] = "auto"  # local teacher: plain few-shot text for base models
 
 
 class LoraSpec(_Strict):
