@@ -365,3 +365,25 @@ def to_record(messages: list[dict[str, str]], answer: str) -> list[dict[str, str
 
 def describe(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
+
+
+def resolve_spec(spec):
+    """Fill in task and labels from the training data when the spec leaves them out (returns a new spec)."""
+    from .datasets import detect_task, load_examples, read_records
+
+    if spec.task is not None and (spec.labels is not None or spec.task not in ("classification", "nli")):
+        return spec
+    source = spec.dataset.train or spec.dataset.test
+    if not source:
+        raise SpecError("no dataset given; set dataset.train=PATH (a JSONL, CSV or Parquet file).")
+    split = spec.dataset.train_split if spec.dataset.train else spec.dataset.test_split
+    task = spec.task or detect_task(read_records(source, split)[0], spec.dataset.fields)
+    data = spec.model_dump()
+    data["task"] = task
+    if task in ("classification", "nli") and spec.labels is None:
+        probe = spec.model_copy(update={"task": task})
+        examples = load_examples(probe, "train" if spec.dataset.train else "test")
+        data["labels"] = default_labels(task, [e.gold for e in examples])
+        if not data["labels"]:
+            raise SpecError(f"cannot tell the labels of this {task} dataset; set labels=[name0,name1,...].")
+    return type(spec).model_validate(data)

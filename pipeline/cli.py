@@ -1,0 +1,263 @@
+"""`distillery` pipeline commands: spec, label, train, eval, run (plus the run-registry commands).
+
+    distillery run                                   # the embedded default, end to end
+    distillery label examples/azure-405b.yaml --estimate
+    distillery eval runs/x/spec.yaml --adapter runs/x/student dataset.test=other.jsonl --json
+
+A spec file (YAML) is optional; key=value overrides use dotted keys (teacher.few_shot=8). Errors are one
+sentence on stderr and exit code 1; re-running a command after a crash or Ctrl-C resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import DistilleryError, SpecError
+
+__all__ = ["cli", "main", "run_cli", "split_args"]
+
+
+def split_args(args: tuple[str, ...]) -> tuple[str | None, list[str]]:
+    """(spec path or None, overrides) from positional arguments."""
+    path, overrides = None, []
+    for i, a in enumerate(args):
+        if i == 0 and "=" not in a:
+            path = a
+        elif "=" in a:
+            overrides.append(a)
+        else:
+            raise SpecError(f"unexpected argument '{a}'; give at most one spec file, then key=value overrides.")
+    return path, overrides
+
+
+def _spec(args: tuple[str, ...]):
+    from .spec import load_spec
+
+    path, overrides = split_args(args)
+    return load_spec(path, overrides)
+
+
+def _bar():
+    from .progress import TerminalBar
+
+    return TerminalBar()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Distillery: a large teacher labels your data, a small student learns from it, the report says how much."""
+
+
+@cli.command("spec")
+@click.argument("args", nargs=-1)
+def spec_cmd(args: tuple[str, ...]) -> None:
+    """Print the fully resolved run spec (the embedded default when no file is given)."""
+    click.echo(_spec(args).to_yaml(), nl=False)
+
+
+@cli.command("label")
+@click.argument("args", nargs=-1)
+@click.option("--estimate", is_flag=True, help="Print rows, estimated tokens and cost; send nothing.")
+def label_cmd(args: tuple[str, ...], estimate: bool) -> None:
+    """Label the training rows with the teacher: [SPEC.yaml] [key=value ...]."""
+    from .labelling import estimate as estimate_fn, label
+    from .tasks import resolve_spec
+
+    spec = resolve_spec(_spec(args))
+    if estimate:
+        e = estimate_fn(spec)
+        d = e if isinstance(e, dict) else vars(e)
+        click.echo(f"rows: {d.get('rows')}  requests: {d.get('requests')}")
+        click.echo(f"estimated tokens: {d.get('prompt_tokens'):,} prompt + {d.get('completion_tokens'):,} completion")
+        click.echo(f"estimated cost: ${d.get('cost_usd', 0.0):.4f} (teacher.price_per_mtok input={spec.teacher.price_per_mtok.input}, output={spec.teacher.price_per_mtok.output})")
+        return
+    bar = _bar()
+    try:
+        summary = label(spec, progress=bar)
+    finally:
+        bar.close()
+    d = summary if isinstance(summary, dict) else vars(summary)
+    out = Path(spec.out)
+    click.echo(f"accepted {d.get('accepted')} of {d.get('requested')} rows; rejected {d.get('rejected')}; cost ${d.get('cost_usd', 0.0):.4f}")
+    click.echo(f"labels:   {out / 'labels.jsonl'}")
+    click.echo(f"rejected: {out / 'rejected.jsonl'}")
+
+
+@cli.command("train")
+@click.argument("args", nargs=-1)
+@click.option("--merge", is_flag=True, help="Also write a merged full model (student/merged).")
+def train_cmd(args: tuple[str, ...], merge: bool) -> None:
+    """Fine-tune the student on labels.jsonl: [SPEC.yaml] [key=value ...]."""
+    from .tasks import resolve_spec
+    from .training import train
+
+    spec = resolve_spec(_spec(args + (("train.merge=true",) if merge else ())))
+    bar = _bar()
+    try:
+        summary = train(spec, progress=bar)
+    finally:
+        bar.close()
+    d = summary if isinstance(summary, dict) else vars(summary)
+    click.echo(f"trained {d.get('steps')} steps on {d.get('examples')} examples; final loss {d.get('final_loss')}")
+    click.echo(f"adapter: {Path(spec.out) / 'student'}")
+
+
+@cli.command("eval")
+@click.argument("args", nargs=-1)
+@click.option("--model", "model", default=None, help="Hub id or folder to evaluate (default: student.model).")
+@click.option("--adapter", default=None, help="A peft adapter folder to apply (e.g. RUN/student).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: metric, score, examples.")
+def eval_cmd(args: tuple[str, ...], model: str | None, adapter: str | None, as_json: bool) -> None:
+    """Evaluate a model (with or without an adapter) on the test split with the student's prompt."""
+    from .evaluation import evaluate_model, test_examples
+    from .tasks import resolve_spec
+
+    spec = resolve_spec(_spec(args))
+    if adapter and not Path(adapter).is_dir():
+        raise SpecError(f"adapter folder '{adapter}' does not exist; give the student/ folder of a finished run.")
+    examples = test_examples(spec)
+    bar = None if as_json else _bar()
+    try:
+        result = evaluate_model(spec, examples, model or spec.student.model, adapter, progress=bar)
+    finally:
+        if bar:
+            bar.close()
+    if as_json:
+        click.echo(json.dumps({"metric": result.metric, "score": result.score, "examples": result.examples, "scores": result.scores}))
+    else:
+        shown = "n/a" if result.score is None else f"{result.score * 100:.1f} %"
+        click.echo(f"{result.metric or 'score'}: {shown} on {result.examples} examples")
+        for k, v in result.scores.items():
+            if k != result.metric:
+                click.echo(f"{k}: {v * 100:.1f} %")
+
+
+@cli.command("run")
+@click.argument("args", nargs=-1)
+def run_cmd(args: tuple[str, ...]) -> None:
+    """Label, train, evaluate and report in one command (re-run to resume): [SPEC.yaml] [key=value ...]."""
+    from .report import render_markdown
+    from .runner import run
+
+    spec = _spec(args)
+    record, registry = _record_foreground(spec)
+    bar = _bar()
+    try:
+        report = run(spec, progress=_track(bar, registry, record), on_stage=_stages(registry, record))
+    except BaseException as err:
+        bar.close()
+        _finish_foreground(registry, record, err)
+        raise
+    bar.close()
+    _finish_foreground(registry, record, None, report)
+    click.echo(render_markdown(report))
+    click.echo(f"report: {report['paths']['report_md']}\nchart:  {report['paths']['report_png']}")
+
+
+def _record_foreground(spec):
+    """Record this foreground run in the registry (best effort: a broken registry never stops the job)."""
+    try:
+        from .registry import Registry
+
+        registry = Registry()
+        record = registry.start_foreground(spec, {"source": "cli", "user": os.environ.get("USER")})
+        return record, registry
+    except (ImportError, AttributeError):
+        return None, None
+
+
+def _track(bar, registry, record):
+    if registry is None or record is None:
+        return bar
+
+    def call(p):
+        bar(p)
+        try:
+            registry.update_progress(record.id, p)
+        except Exception:  # progress bookkeeping must never break the job
+            pass
+
+    return call
+
+
+def _stages(registry, record):
+    def call(stage, event, data):
+        if registry is None or record is None:
+            return
+        try:
+            registry.add_event(record.id, f"stage_{event}", stage, data)
+            if event == "started" and stage in ("labelling", "training", "evaluating"):
+                registry.set_status(record.id, stage)
+        except Exception:
+            pass
+
+    return call
+
+
+def _finish_foreground(registry, record, err, report=None):
+    if registry is None or record is None:
+        return
+    from .errors import Cancelled
+
+    try:
+        if err is None:
+            registry.finish(record.id, report)
+        elif isinstance(err, (Cancelled, KeyboardInterrupt)):
+            registry.mark_cancelled(record.id)
+        else:
+            registry.fail(record.id, str(err) if isinstance(err, DistilleryError) else f"internal error: {type(err).__name__}")
+    except Exception:
+        pass
+
+
+def _add_run_commands() -> None:
+    try:
+        from . import cli_runs
+    except ImportError:
+        return
+    for name in ("submit", "runs", "status", "cancel", "report", "worker"):
+        cmd = getattr(cli_runs, f"{name}_command", None) or getattr(cli_runs, name, None)
+        if isinstance(cmd, click.Command):
+            cli.add_command(cmd, name)
+
+
+_add_run_commands()
+
+
+def run_cli(group: click.Group, argv: list[str] | None = None) -> int:
+    """The error boundary of every front door: sentences for our errors, no tracebacks."""
+    try:
+        group.main(args=argv, prog_name="distillery", standalone_mode=False)
+        return 0
+    except DistilleryError as err:
+        click.echo(f"error: {err}", err=True)
+        return 1
+    except click.exceptions.Abort:
+        click.echo("interrupted; re-run the same command to resume where it stopped.", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("interrupted; re-run the same command to resume where it stopped.", err=True)
+        return 130
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except click.exceptions.Exit as err:
+        return err.exit_code
+    except Exception as err:  # the outermost boundary: say something went wrong, without a traceback
+        if os.environ.get("DISTILLERY_DEBUG"):
+            raise
+        click.echo(f"error: internal error ({type(err).__name__}: {str(err)[:300]}); set DISTILLERY_DEBUG=1 for the traceback and please report it.", err=True)
+        return 2
+
+
+def main() -> None:
+    sys.exit(run_cli(cli))
+
+
+if __name__ == "__main__":
+    main()

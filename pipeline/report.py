@@ -1,0 +1,140 @@
+"""Reports: report.json (a contract), report.md and report.png (scores as bars, the training loss curve).
+
+    report = build_report(spec, labelling, training, evaluation)   # pure
+    write_report(spec, report, loss_history)                        # files in spec.out
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_report", "render_markdown", "write_report", "gap_closed"]
+
+ORDER = ("teacher", "student_base", "student_distilled")
+
+
+def gap_closed(teacher: float | None, base: float | None, distilled: float | None) -> float | None:
+    """(distilled - base) / (teacher - base); None when undefined (no teacher score, or teacher == base)."""
+    if teacher is None or base is None or distilled is None or abs(teacher - base) < 1e-12:
+        return None
+    return (distilled - base) / (teacher - base)
+
+
+def build_report(spec, labelling: dict[str, Any], training: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    results = evaluation.get("results", {})
+    metric = next((r.get("metric") for r in results.values() if r.get("metric")), None)
+    scores = {name: (results[name]["score"] if name in results else None) for name in ORDER}
+    out = Path(spec.out)
+    return {
+        "task": spec.task,
+        "metric": metric,
+        "scores": scores,
+        "gap_closed": gap_closed(scores["teacher"], scores["student_base"], scores["student_distilled"]),
+        "all_scores": {name: results[name].get("scores", {}) for name in ORDER if name in results},
+        "labelling": {
+            "requested": labelling.get("requested", 0),
+            "accepted": labelling.get("accepted", 0),
+            "rejected": labelling.get("rejected", 0),
+            "prompt_tokens": labelling.get("prompt_tokens", 0),
+            "completion_tokens": labelling.get("completion_tokens", 0),
+            "cost_usd": labelling.get("cost_usd", 0.0),
+            "by_reason": labelling.get("by_reason", {}),
+            "agreement_with_gold": labelling.get("agreement_with_gold"),
+        },
+        "training": {
+            "examples": training.get("examples", 0),
+            "steps": training.get("steps", 0),
+            "seconds": training.get("seconds", 0.0),
+            "tokens_per_second": training.get("tokens_per_second", 0.0),
+            "final_loss": training.get("final_loss"),
+            "method": spec.student.method,
+        },
+        "evaluation": {"examples": max((r.get("examples", 0) for r in results.values()), default=0)},
+        "teacher": {"provider": spec.teacher.provider, "model": spec.teacher.model, "few_shot": spec.teacher.few_shot,
+                    "chain_of_thought": spec.teacher.chain_of_thought},
+        "student": {"model": spec.student.model, "method": spec.student.method},
+        "paths": {
+            "run": str(out.resolve()),
+            "spec": str((out / "spec.yaml").resolve()),
+            "labels": str((out / "labels.jsonl").resolve()),
+            "rejected": str((out / "rejected.jsonl").resolve()),
+            "adapter": str((out / "student").resolve()),
+            "report_json": str((out / "report.json").resolve()),
+            "report_md": str((out / "report.md").resolve()),
+            "report_png": str((out / "report.png").resolve()),
+        },
+    }
+
+
+def _fmt(value: float | None, metric: str | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value * 100:.1f}" if metric in ("accuracy", "exact_match", "rouge_l") else f"{value:.4f}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    metric = report.get("metric") or "score"
+    s = report["scores"]
+    lab, tr = report["labelling"], report["training"]
+    gap = report.get("gap_closed")
+    lines = [
+        f"# Distillation report: {report['task']}",
+        "",
+        f"Teacher `{report['teacher']['model']}` ({report['teacher']['provider']}, {report['teacher']['few_shot']}-shot"
+        f"{', chain of thought' if report['teacher']['chain_of_thought'] else ''}) -> student `{report['student']['model']}` ({report['student']['method']}).",
+        "",
+        f"| model | {metric} (%) |",
+        "| --- | --- |",
+        f"| teacher | {_fmt(s.get('teacher'), metric)} |",
+        f"| student_base | {_fmt(s.get('student_base'), metric)} |",
+        f"| student_distilled | {_fmt(s.get('student_distilled'), metric)} |",
+        "",
+        f"Gap closed: {'n/a' if gap is None else f'{gap * 100:.0f} %'} (distilled - base) / (teacher - base), on {report['evaluation']['examples']} test rows.",
+        "",
+        f"Labelling: {lab['accepted']} of {lab['requested']} rows accepted, {lab['rejected']} rejected"
+        + (f" ({', '.join(f'{k}: {v}' for k, v in lab['by_reason'].items())})" if lab.get("by_reason") else "")
+        + f"; {lab['prompt_tokens']:,} prompt + {lab['completion_tokens']:,} completion tokens, ${lab['cost_usd']:.4f}.",
+        f"Training: {tr['examples']} examples, {tr['steps']} steps in {tr['seconds']:.0f} s "
+        f"({tr['tokens_per_second']:.0f} tokens/s), final loss {tr['final_loss'] if tr['final_loss'] is None else round(tr['final_loss'], 4)}.",
+        "",
+        f"Adapter: `{report['paths']['adapter']}`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _chart(report: dict[str, Any], loss_history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    names = list(ORDER)
+    values = [report["scores"].get(n) or 0.0 for n in names]
+    bars = ax1.bar(names, [v * 100 for v in values], color=["#6c757d", "#adb5bd", "#2a9d8f"])
+    for b, v, n in zip(bars, values, names):
+        ax1.text(b.get_x() + b.get_width() / 2, b.get_height() + 1, "n/a" if report["scores"].get(n) is None else f"{v * 100:.1f}", ha="center")
+    ax1.set_ylim(0, 105)
+    ax1.set_ylabel(f"{report.get('metric') or 'score'} (%)")
+    ax1.set_title(f"{report['task']}: teacher vs student")
+    if loss_history:
+        ax2.plot([p["step"] for p in loss_history], [p["loss"] for p in loss_history], color="#264653")
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("training loss")
+    ax2.set_title("student training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(spec, report: dict[str, Any], loss_history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    _chart(report, loss_history or [], out / "report.png")
+    tmp = out / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    tmp.replace(out / "report.json")
+    return report
