@@ -1,0 +1,243 @@
+"""A scriptable local chat-completions server for tests: OpenAI-compatible and Azure-AI-Inference-compatible.
+
+Real HTTP on 127.0.0.1 (aiohttp in a background thread), so the real `openai` and `azure-ai-inference`
+clients talk to it exactly as they talk to a provider.
+
+    from fake_llm_server import FakeLLMServer, Reply
+
+    with FakeLLMServer(responder=lambda req: "positive") as server:
+        server.openai_base_url      # http://127.0.0.1:P/v1   -> AsyncOpenAI(base_url=...)
+        server.azure_endpoint       # http://127.0.0.1:P      -> ChatCompletionsClient(endpoint=...)
+        server.enqueue(Reply(status=429, headers={"Retry-After": "0"}))   # the next request gets a 429
+        ...
+        server.requests             # every chat request received, in order (FakeRequest)
+
+Routes: POST .../chat/completions (OpenAI at /v1/..., Azure with ?api-version=...), GET .../info (Azure model
+info), GET /v1/models. What each chat request gets, in order of precedence:
+  1. the next queued Reply (`enqueue`), if any;
+  2. `responder(req)`, which returns a str (a normal answer), a Reply, or None (the default answer).
+A Reply can set the text, finish_reason, status, headers, a delay (slow responses, timeouts) or a raw
+body (malformed JSON). `req.attempt` counts earlier requests with the same messages, so a responder can fail
+the first try of every row and succeed on the retry.
+
+Standalone (for benchmarks, in its own process; prints "PORT <n>" when ready):
+    python tests/fake_llm_server.py --latency 0.05 --answer positive
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+__all__ = ["FakeLLMServer", "FakeRequest", "Reply", "last_user"]
+
+
+@dataclass
+class Reply:
+    text: str = "positive"
+    finish_reason: str = "stop"
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds before answering (set above the client's timeout to simulate a timeout)
+    raw: str | None = None  # send this body verbatim instead of a completion (e.g. malformed JSON)
+    prompt_tokens: int | None = None  # default: prompt characters / 4
+    completion_tokens: int | None = None  # default: words in text
+
+
+@dataclass
+class FakeRequest:
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: dict[str, Any]
+    attempt: int  # earlier requests with the same messages (0 = first try)
+    time: float
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self.body.get("messages", [])
+
+    @property
+    def api(self) -> str:
+        return "azure" if "api-version" in self.query else "openai"
+
+    @property
+    def prompt_key(self) -> str:
+        return json.dumps(self.messages, sort_keys=True)
+
+
+def last_user(req: FakeRequest) -> str:
+    """The content of the last user message (the row, with teacher prompts)."""
+    for m in reversed(req.messages):
+        if m.get("role") == "user":
+            c = m.get("content")
+            return c if isinstance(c, str) else json.dumps(c)
+    return ""
+
+
+Responder = Callable[[FakeRequest], "str | Reply | None"]
+
+
+class FakeLLMServer:
+    """Start with `with FakeLLMServer(...) as s:` or s.start() / s.stop(). Thread-safe recording."""
+
+    def __init__(self, responder: Responder | None = None, latency: float = 0.0, record: bool = True, port: int = 0):
+        self.responder = responder
+        self.latency = latency  # added to every chat request
+        self.record = record
+        self.requests: list[FakeRequest] = []
+        self.info_calls = 0
+        self._queue: list[Reply] = []
+        self._seen: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # urls ----------------------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    @property
+    def azure_endpoint(self) -> str:
+        return self.url
+
+    # scripting -----------------------------------------------------------------------------------------
+    def enqueue(self, *replies: Reply) -> None:
+        """The next len(replies) chat requests get these replies, in order, before the responder is asked."""
+        with self._lock:
+            self._queue.extend(replies)
+
+    def count_by_prompt(self) -> Counter[str]:
+        """How many requests each distinct message list received."""
+        with self._lock:
+            return Counter(r.prompt_key for r in self.requests)
+
+    # lifecycle -----------------------------------------------------------------------------------------
+    def start(self) -> "FakeLLMServer":
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, args=(ready,), daemon=True, name="fake-llm-server")
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("fake LLM server did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
+        try:
+            fut.result(5)
+        except Exception:
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop = None
+
+    def __enter__(self) -> "FakeLLMServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _serve(self, ready: threading.Event) -> None:
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._start_app())
+        ready.set()
+        self._loop.run_forever()
+        self._loop.close()
+
+    async def _start_app(self) -> None:
+        app = web.Application()
+        app.router.add_route("POST", "/{tail:.*}", self._post)
+        app.router.add_route("GET", "/{tail:.*}", self._get)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self._port, backlog=1024)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+
+    # handlers ------------------------------------------------------------------------------------------
+    async def _get(self, request: web.Request) -> web.Response:
+        if request.path.endswith("/info"):
+            self.info_calls += 1
+            return web.json_response({"model_name": "fake-model", "model_type": "chat-completion", "model_provider_name": "fake"})
+        if request.path.endswith("/models"):
+            return web.json_response({"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}]})
+        return web.json_response({"error": {"message": "not found"}}, status=404)
+
+    async def _post(self, request: web.Request) -> web.StreamResponse:
+        if not request.path.endswith("/chat/completions"):
+            return web.json_response({"error": {"message": f"no route {request.path}"}}, status=404)
+        try:
+            body = json.loads(await request.read())
+        except json.JSONDecodeError:
+            return web.json_response({"error": {"message": "body is not JSON"}}, status=400)
+        key = json.dumps(body.get("messages", []), sort_keys=True)
+        with self._lock:
+            attempt = self._seen[key]
+            self._seen[key] += 1
+            req = FakeRequest(request.path, dict(request.query), dict(request.headers), body, attempt, time.time())
+            if self.record:
+                self.requests.append(req)
+            queued = self._queue.pop(0) if self._queue else None
+        reply = queued
+        if reply is None and self.responder is not None:
+            out = self.responder(req)
+            reply = Reply(text=out) if isinstance(out, str) else out
+        reply = reply or Reply()
+        wait = self.latency + reply.delay
+        if wait:
+            await asyncio.sleep(wait)
+        if reply.raw is not None:
+            return web.Response(status=reply.status, text=reply.raw, headers=reply.headers, content_type="application/json")
+        if reply.status != 200:
+            err = {"error": {"message": f"fake error {reply.status}", "type": "fake", "code": str(reply.status)}}
+            return web.json_response(err, status=reply.status, headers=reply.headers)
+        prompt_chars = sum(len(str(m.get("content", ""))) for m in body.get("messages", []))
+        usage_p = reply.prompt_tokens if reply.prompt_tokens is not None else max(1, prompt_chars // 4)
+        usage_c = reply.completion_tokens if reply.completion_tokens is not None else len(reply.text.split())
+        data = {
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model") or "fake-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": reply.finish_reason}],
+            "usage": {"prompt_tokens": usage_p, "completion_tokens": usage_c, "total_tokens": usage_p + usage_c},
+        }
+        return web.json_response(data, headers=reply.headers)
+
+
+def _main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--latency", type=float, default=0.0)
+    ap.add_argument("--answer", default="positive")
+    args = ap.parse_args()
+    server = FakeLLMServer(responder=lambda req: args.answer, latency=args.latency, record=False, port=args.port).start()
+    print(f"PORT {server.port}", flush=True)
+    try:
+        sys.stdin.read()  # runs until stdin closes or the process is killed
+    except KeyboardInterrupt:
+        pass
+    server.stop()
+
+
+if __name__ == "__main__":
+    _main()
