@@ -27,7 +27,7 @@ from typing import Any
 
 from .tasks import format_target
 
-__all__ = ["Encoded", "MEGA_BATCH", "target_text", "end_of_turn_id", "encode_records", "epoch_batches", "collate",
+__all__ = ["Encoded", "MEGA_BATCH", "target_text", "end_of_turn_id", "encode_records", "split_rows", "epoch_batches", "collate",
            "supervised_loss", "decoder_parts"]
 
 MEGA_BATCH = 32  # batches per sorted group: larger groups pad less, smaller ones shuffle more
@@ -84,6 +84,14 @@ def encode_records(records: list[dict[str, Any]], tokenizer, render: Callable[..
             prompt_ids = ([bos] if keep_bos else []) + prompt_ids[len(prompt_ids) - room + (1 if keep_bos else 0):]
         rows.append(Encoded(prompt_ids + target_ids, len(prompt_ids)))
     return rows
+
+
+def split_rows(rows: list[Encoded], val_share: float, seed: int) -> tuple[list[Encoded], list[Encoded]]:
+    """(training rows, validation rows): a seeded share of the rows held out for validation loss."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_val = int(len(rows) * val_share) if len(rows) > 1 else 0
+    return [rows[i] for i in order[n_val:]], [rows[i] for i in order[:n_val]]
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:

@@ -313,7 +313,8 @@ class Registry:
             db.execute("UPDATE runs SET progress = ?, stage = ?, updated_at = ? WHERE id = ?",
                        (json.dumps(data, default=str), progress.stage, time.time(), run_id))
 
-    def set_status(self, run_id: str, status: str, stage: str | None = None, error: str | None = None) -> None:
+    def set_status(self, run_id: str, status: str, stage: str | None = None, error: str | None = None,
+                   clear_progress: bool = False) -> None:
         """Set status (and stage/error when given); the first running status sets started_at, a final one finished_at."""
         if status not in STATUSES:
             raise RunError(f"unknown run status '{status}'; known: {', '.join(STATUSES)}.")
@@ -321,9 +322,10 @@ class Registry:
         with self._write() as db:
             db.execute(
                 "UPDATE runs SET status = ?, stage = COALESCE(?, stage), error = COALESCE(?, error), updated_at = ?,"
+                " progress = CASE WHEN ? THEN NULL ELSE progress END,"
                 " started_at = CASE WHEN ? THEN COALESCE(started_at, ?) ELSE started_at END,"
                 " finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE id = ?",
-                (status, stage, error, now, status in RUNNING, now, status in FINISHED, now, run_id))
+                (status, stage, error, now, clear_progress, status in RUNNING, now, status in FINISHED, now, run_id))
 
     def finish(self, run_id: str, report: dict[str, Any]) -> None:
         """Mark done with the runner's report (its "scores" are also stored on their own)."""

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .batching import collate, encode_records, epoch_batches, supervised_loss
+from .batching import collate, encode_records, epoch_batches, split_rows, supervised_loss
 from .checkpoints import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .errors import Cancelled, TrainingError
 from .progress import ProgressFn, Tracker
@@ -216,19 +216,14 @@ def train(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
     # 2. load the student and attach LoRA (or unfreeze everything)
     import torch
 
+    torch.manual_seed(cfg.seed)
     model, tokenizer = _load_for_training(spec, device)
     model.train()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     # 3. tokenize, hold out the validation share, plan the steps
     rows = encode_records(records, tokenizer, render_chat, cfg.keep_rationale, cfg.max_seq_len)
-    order = list(range(len(rows)))
-    import random
-
-    random.Random(cfg.seed).shuffle(order)
-    n_val = int(len(rows) * cfg.val_share) if len(rows) > 1 else 0
-    val_rows = [rows[i] for i in order[:n_val]]
-    train_rows = [rows[i] for i in order[n_val:]]
+    train_rows, val_rows = split_rows(rows, cfg.val_share, cfg.seed)
     lengths = [r.length for r in train_rows]
     micro_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
