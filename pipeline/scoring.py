@@ -129,7 +129,7 @@ def _prefix_cache(model, parts, prefix: list[int]):
                 out = parts[0](input_ids=ids, use_cache=True, **{_cache_kw(parts[0]): cache})
             else:
                 out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{_cache_kw(model): cache})
-        cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None) or cache
+        cache = getattr(out, "cache", None) or cache
         if not isinstance(cache, DynamicCache) or cache.get_seq_length() != len(prefix):
             return None
     except Exception:  # noqa: BLE001 - a model whose cache can't be reused falls back to full forwards

@@ -110,3 +110,12 @@ def test_unknown_field_names_the_mapping_fix(tmp_path):
     path.write_text('{"body": "x", "label": 1}\n')
     with pytest.raises(DatasetError, match=r"dataset.fields.text=COLUMN"):
         load_examples(load_spec(None, [f"dataset.train={path}"]), "train")
+
+
+def test_example_specs_load():
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
+    assert len(examples) >= 3
+    providers = {load_spec(p).teacher.provider for p in examples}
+    assert {"azure", "openai", "local"} <= providers
