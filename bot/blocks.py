@@ -92,28 +92,32 @@ def _fields(pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
 # ---- the plan card -------------------------------------------------------------------------------------------
 
 def _plan_pairs(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    teacher = _pick(summary, "teacher", default="?")
-    student = _pick(summary, "student", default="?")
+    """Label/value pairs of a plan summary (skills.operations.plan_distillation's summary dict)."""
+    est = summary.get("estimate") or {}
     method = summary.get("method")
-    rows = _pick(summary, "rows", "train_rows")
-    tokens = _pick(summary, "estimated_tokens", "teacher_tokens", "tokens")
-    cost = _pick(summary, "estimated_cost_usd", "cost_usd", "estimated_cost")
-    runnable = summary.get("runnable")
-    hardware = str(_pick(summary, "hardware", default="unknown"))
-    if runnable is False:
-        hardware += " (not runnable here)"
-    expected = _pick(summary, "expected_time_s", "expected_seconds", "eta_s")
-    expected_text = format_duration(expected) if isinstance(expected, (int, float)) else str(_pick(summary, "expected_time", default="unknown"))
+    rows = _pick(summary, "rows", default=est.get("rows"))
+    tokens = _pick(summary, "estimated_tokens", default=None)
+    if tokens is None and (est.get("prompt_tokens") is not None or est.get("completion_tokens") is not None):
+        tokens = (est.get("prompt_tokens") or 0) + (est.get("completion_tokens") or 0)
+    cost = _pick(summary, "estimated_cost_usd", default=est.get("cost_usd"))
+    rough = " (rough)" if est.get("rough") else ""
+    hardware = str(_pick(summary, "hardware_needed", "hardware", default="unknown"))
+    if summary.get("hardware_here"):
+        hardware += f"; here: {summary['hardware_here']}"
+    if summary.get("runnable") is False:
+        hardware += f"\n*Not runnable here:* {summary.get('why') or 'not enough memory'}"
+    minutes = summary.get("expected_minutes")
+    expected = f"~{minutes:g} min" if isinstance(minutes, (int, float)) else str(_pick(summary, "expected_time", default="unknown"))
     return [
         ("Dataset", f"`{_pick(summary, 'dataset', default='?')}`"),
         ("Task", str(_pick(summary, "task", default="?"))),
-        ("Teacher", f"`{teacher}`"),
-        ("Student", f"`{student}`" + (f" ({method})" if method else "")),
-        ("Rows to label", format_count(rows) if isinstance(rows, (int, float)) else str(rows or "all")),
-        ("Teacher tokens (est.)", format_count(tokens) if isinstance(tokens, (int, float)) else "unknown"),
-        ("Teacher cost (est.)", _money(cost) if isinstance(cost, (int, float)) else "unknown"),
+        ("Teacher", f"`{_pick(summary, 'teacher', default='?')}`"),
+        ("Student", f"`{_pick(summary, 'student', default='?')}`" + (f" ({method})" if method else "")),
+        ("Rows to label", format_count(rows) if isinstance(rows, (int, float)) else "all"),
+        ("Teacher tokens (est.)", (format_count(tokens) + rough) if isinstance(tokens, (int, float)) else "unknown"),
+        ("Teacher cost (est.)", (_money(cost) + rough) if isinstance(cost, (int, float)) else "unknown"),
         ("Hardware", hardware),
-        ("Expected time", expected_text),
+        ("Expected time", expected),
     ]
 
 
@@ -134,6 +138,9 @@ def plan_card(plan_id: str, summary: dict[str, Any]) -> dict[str, Any]:
              "text": {"type": "plain_text", "text": "Start"}}
     if summary.get("runnable") is False:
         start.pop("style")
+        alternatives = summary.get("alternatives") or []
+        if alternatives:
+            blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": "Alternatives: " + "; ".join(map(str, alternatives))[:2900]}]})
     blocks.append({"type": "actions", "block_id": f"plan:{plan_id}", "elements": [
         start,
         {"type": "button", "action_id": CANCEL_ACTION, "value": plan_id, "text": {"type": "plain_text", "text": "Cancel"}},

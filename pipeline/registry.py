@@ -240,12 +240,12 @@ class Registry:
                  now if running else None, out, worker_id, now if running else None, 1 if running else 0,
                  json.dumps(_paths(out, self.home, run_id))))
             self._event(db, run_id, "submitted" if status == "queued" else "started", None, {"out": out, **requested})
-        try:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            (Path(out) / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
-        except OSError as err:
-            self.fail(run_id, f"cannot write the run folder '{out}' ({err.strerror}); set out= to a writable folder.")
-            raise RunError(f"cannot write the run folder '{out}' ({err.strerror}); set out= to a writable folder.") from None
+            try:  # inside the transaction: a folder that cannot be written leaves no run behind
+                Path(out).mkdir(parents=True, exist_ok=True)
+                (Path(out) / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
+            except OSError as err:
+                raise RunError(f"cannot write the run folder '{out}' ({err.strerror or err}); "
+                               "set out= to a writable folder.") from None
         return self.get(run_id)
 
     def _new_id(self, db: sqlite3.Connection) -> str:
@@ -379,8 +379,10 @@ class Registry:
                 row = db.execute("SELECT * FROM runs WHERE status = 'queued' ORDER BY created_at, rowid LIMIT 1").fetchone()
                 resumed = row is None
                 if resumed:
+                    self._settle_dead_foreground(db, now - stale_after_s, now)
                     row = db.execute(
                         f"SELECT * FROM runs WHERE status IN {RUNNING} AND (heartbeat_at IS NULL OR heartbeat_at < ?)"
+                        " AND (worker_id IS NULL OR worker_id NOT LIKE 'foreground:%')"
                         " ORDER BY heartbeat_at LIMIT 1", (now - stale_after_s,)).fetchone()
                 if row is None:
                     return None
@@ -405,6 +407,20 @@ class Registry:
         else:
             msg = (f"the run's worker stopped {row['attempts']} times while running it (killed or out of memory); "
                    "check the worker's log and `distillery submit` it again to resume.")
+            db.execute("UPDATE runs SET status = 'failed', error = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+                       (msg, now, now, row["id"]))
+            self._event(db, row["id"], "failed", row["stage"], {"error": msg})
+
+    def _settle_dead_foreground(self, db: sqlite3.Connection, cutoff: float, now: float) -> None:
+        """Foreground runs belong to their terminal and are never taken over; one whose process is gone is failed."""
+        host = socket.gethostname()
+        rows = db.execute(f"SELECT id, worker_id, stage FROM runs WHERE status IN {RUNNING} AND worker_id LIKE 'foreground:%'"
+                          " AND (heartbeat_at IS NULL OR heartbeat_at < ?)", (cutoff,)).fetchall()
+        for row in rows:
+            _, run_host, pid = (row["worker_id"].split(":") + ["", ""])[:3]
+            if run_host != host or not pid.isdigit() or _alive(int(pid)):
+                continue
+            msg = "the `distillery run` process running it stopped; run the same command again to resume it."
             db.execute("UPDATE runs SET status = 'failed', error = ?, updated_at = ?, finished_at = ? WHERE id = ?",
                        (msg, now, now, row["id"]))
             self._event(db, row["id"], "failed", row["stage"], {"error": msg})
@@ -445,6 +461,16 @@ def _record(row: sqlite3.Row) -> RunRecord:
     data["requested_by"] = data["requested_by"] or {}
     data["cancel_requested"] = bool(data["cancel_requested"])
     return RunRecord(**data)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but not ours
+        return True
+    return True
 
 
 def _paths(out: str, home: Path, run_id: str) -> dict[str, str]:

@@ -8,8 +8,9 @@ supervised positions, length-grouped batches) are in pipeline/batching.py; atomi
 pipeline/checkpoints.py. A re-run with the same spec resumes from the newest checkpoint and ends where an
 uninterrupted run ends; a finished student whose fingerprint matches the spec is returned without retraining.
 
-Single process on one device (cuda, mps or cpu). Multi-GPU data parallel is not implemented: under
-`accelerate launch` every process would train the whole run on its own device.
+Single process on one device (cuda, mps or cpu; bf16 weights on CUDA, LoRA weights stay fp32). Multi-GPU data
+parallel is not implemented: under `accelerate launch`/`torchrun` (WORLD_SIZE > 1) train() refuses to start.
+With early stopping, the weights of the best validation loss are the ones saved.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def run_fingerprint(spec, labels_path: Path) -> str:
 def _check_device(spec) -> str:
     from .models import pick_device
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would train the whole run and write the same files
+        raise TrainingError("multi-process training (accelerate launch, torchrun) is not supported yet; run distillery train as one process.")
     device = pick_device(spec.student.device)
     if spec.student.method == "qlora":
         import torch

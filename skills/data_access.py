@@ -23,7 +23,7 @@ from pipeline.errors import DatasetError
 
 __all__ = ["DatasetInfo", "data_folders", "confine", "list_datasets", "find_dataset", "describe_dataset"]
 
-SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+SUFFIXES = (".jsonl", ".csv", ".tsv", ".parquet")  # listed; a .json file can still be named by path
 SKIP_DIRS = {"node_modules", "__pycache__", "runs", "site-packages", "checkpoints", "student", "models"}
 MAX_DEPTH = 3  # folders below a data folder that are searched
 MAX_FILES = 200

@@ -1,0 +1,309 @@
+"""What the Slack bot does with a request, a button click and a run it follows (the listeners in slack_app call it).
+
+    flow = SlackFlow(config, agent, registry, plans, store, client, start_plan)
+    await flow.on_request(channel, thread_ts, user, text)       # agent reply in the thread; plan card if any
+    await flow.on_start(plan_id, user, channel, thread_ts)      # rights, start_plan, one status message
+    await flow.resume()                                         # after a restart: follow unfinished runs again
+
+A followed run has ONE status message, updated in place (chat.update, at most every `update_interval_s`) by
+reading the run registry, then a report (scores table, chart uploaded to the thread) or one failure sentence.
+The bot never executes runs: a worker does, and the bot follows the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import DistilleryError
+
+from . import blocks
+
+__all__ = ["SlackFlow", "rewrite_followup", "is_start_request", "strip_mentions", "redact"]
+
+log = logging.getLogger("distillery.slack")
+
+_SECRET = re.compile(r"xox[a-z]-[A-Za-z0-9-]+|xapp-[A-Za-z0-9-]+|sk-[A-Za-z0-9_-]{8,}")
+_START = re.compile(r"^\s*(yes|y|yep|start|start it|go|go ahead|ok|okay|do it|run it|sure|confirm)\b[\s.!]*$", re.I)
+_CANCEL = re.compile(r"\b(cancel|stop|abort|kill)\b", re.I)
+_REPORT = re.compile(r"\b(report|results?|scores?|how did it (go|do))\b", re.I)
+_STATUS = re.compile(r"\b(status|progress|how('s| is) it going|going|eta|done yet|how long|where are we)\b", re.I)
+
+
+# ---- pure text helpers ---------------------------------------------------------------------------------------
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Replace token-shaped strings and the given secret values with [redacted]."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return _SECRET.sub("[redacted]", text)
+
+
+def strip_mentions(text: str) -> str:
+    """Slack markup to plain text: '<@UBOT> distill <http://h/v1|h/v1> a &amp; b' -> 'distill http://h/v1 a & b'."""
+    text = re.sub(r"<@[A-Z0-9]+(\|[^>]*)?>", " ", text or "")
+    text = re.sub(r"<((?:https?|mailto):[^|>]+)(\|[^>]*)?>", r"\1", text)
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").strip()
+
+
+def is_start_request(text: str) -> bool:
+    return bool(_START.match(text or ""))
+
+
+def rewrite_followup(text: str, run_id: str) -> str:
+    """In a thread about a run: 'cancel it' -> 'cancel <run>', 'show the report' -> 'report <run>', ..."""
+    if run_id in text:
+        return text
+    if _CANCEL.search(text):
+        return f"cancel {run_id}"
+    if _REPORT.search(text):
+        return f"report {run_id}"
+    if _STATUS.search(text):
+        return f"status {run_id}"
+    return text
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
+
+
+# ---- the flow ------------------------------------------------------------------------------------------------
+
+class SlackFlow:
+    def __init__(self, config, agent, registry, plans, store, client, start_plan,
+                 poll_s: float = 1.0, update_interval_s: float = 2.0):
+        self.config, self.agent, self.registry, self.plans, self.store = config, agent, registry, plans, store
+        self.client, self.start_plan = client, start_plan
+        self.poll_s, self.update_interval_s = poll_s, update_interval_s
+        self._followers: dict[str, asyncio.Task] = {}
+
+    # -- rights --------------------------------------------------------------------------------------------
+    def may_ask(self, user: str) -> bool:
+        c = self.config
+        return not c.users or user in c.users or user in c.admins
+
+    def may_start(self, user: str) -> bool:
+        return user in self.config.admins if self.config.admins else self.may_ask(user)
+
+    def acts_in(self, channel: str) -> bool:
+        return not self.config.channels or channel in self.config.channels or channel.startswith("D")
+
+    def _refuse_start(self, user: str) -> str:
+        admins = ", ".join(f"<@{a}>" for a in sorted(self.config.admins))
+        return f"Sorry <@{user}>, only Distillery admins can start or cancel runs here; ask {admins or 'an admin'}."
+
+    def _refuse_ask(self, user: str) -> str:
+        return (f"Sorry <@{user}>, I only take requests from the people on Distillery's list here; "
+                "an admin can add you to DISTILLERY_SLACK_USERS.")
+
+    # -- Slack output --------------------------------------------------------------------------------------
+    def _clean(self, text: str) -> str:
+        c = self.config
+        return redact(text, (c.bot_token or "", c.app_token or "", c.signing_secret or ""))
+
+    async def post(self, channel: str, thread_ts: str | None, text: str, blocks_: list | None = None) -> dict:
+        kwargs: dict[str, Any] = {"channel": channel, "text": self._clean(text)}
+        if thread_ts:
+            kwargs["thread_ts"] = thread_ts
+        if blocks_:
+            kwargs["blocks"] = blocks_
+        resp = await self.client.chat_postMessage(**kwargs)
+        return resp.data if hasattr(resp, "data") else resp
+
+    async def ephemeral(self, channel: str, user: str, thread_ts: str | None, text: str) -> None:
+        kwargs = {"channel": channel, "user": user, "text": self._clean(text)}
+        if thread_ts:
+            kwargs["thread_ts"] = thread_ts
+        await self.client.chat_postEphemeral(**kwargs)
+
+    # -- a request: a mention, a DM, /distill, or a follow-up in a thread ----------------------------------
+    async def on_request(self, channel: str, thread_ts: str, user: str, text: str) -> None:
+        if not self.acts_in(channel):
+            await self.post(channel, thread_ts, "I'm not set up to work in this channel; ask me in a channel listed "
+                                                 "in DISTILLERY_SLACK_CHANNELS or in a direct message.")
+            return
+        if not self.may_ask(user):
+            await self.post(channel, thread_ts, self._refuse_ask(user))
+            return
+        text = strip_mentions(text) or "help"
+        thread = self.store.thread(channel, thread_ts) or {}
+        if thread.get("run_id"):
+            text = rewrite_followup(text, thread["run_id"])
+        if (is_start_request(text) or text.lower().startswith("cancel ")) and not self.may_start(user):
+            await self.post(channel, thread_ts, self._refuse_start(user))
+            return
+        conversation = f"{channel}:{thread_ts}"
+        source = {"source": "slack", "user": user, "channel": channel, "thread_ts": thread_ts,
+                  "conversation": conversation, "may_start": self.may_start(user)}
+        try:
+            reply = await self.agent.respond(conversation, user, text, source)
+        except DistilleryError as err:
+            await self.post(channel, thread_ts, str(err))
+            return
+        except Exception:
+            log.exception("the agent failed on a request in %s", conversation)
+            await self.post(channel, thread_ts, "Sorry, something went wrong while answering; the details are in the bot's log.")
+            return
+        if reply.text and not reply.plan_id:
+            await self.post(channel, thread_ts, reply.text)
+        if reply.plan_id:
+            await self.post_plan(reply.plan_id, channel, thread_ts, intro=reply.text)
+        if reply.run_id:
+            await self._attach_if_started_here(reply.run_id, channel, thread_ts)
+
+    async def post_plan(self, plan_id: str, channel: str, thread_ts: str, intro: str = "") -> None:
+        plan = await asyncio.to_thread(self.plans.get, plan_id)
+        msg = blocks.plan_card(plan_id, plan.summary)
+        if intro:
+            msg["blocks"].insert(0, {"type": "section", "text": {"type": "mrkdwn", "text": self._clean(intro)[:2900]}})
+        resp = await self.post(channel, thread_ts, msg["text"], msg["blocks"])
+        self.store.save_plan_message(plan_id, channel, thread_ts, resp["ts"])
+
+    async def _attach_if_started_here(self, run_id: str, channel: str, thread_ts: str) -> None:
+        """Follow a run the agent just started from this thread (not one it was merely asked about)."""
+        if self.store.followed(run_id):
+            return
+        try:
+            rec = await asyncio.to_thread(self.registry.get, run_id)
+        except DistilleryError:
+            return
+        by = rec.requested_by or {}
+        if by.get("channel") == channel and by.get("thread_ts") == thread_ts and not rec.finished:
+            await self.attach(run_id, channel, thread_ts)
+
+    # -- buttons -------------------------------------------------------------------------------------------
+    async def on_start(self, plan_id: str, user: str, channel: str, thread_ts: str) -> None:
+        if not self.may_start(user):
+            await self.ephemeral(channel, user, thread_ts, self._refuse_start(user))
+            return
+        if not self.store.claim_plan(plan_id, user):
+            claim = self.store.plan_claim(plan_id) or {}
+            run = f" as run `{claim['run_id']}`" if claim.get("run_id") else ""
+            await self.ephemeral(channel, user, thread_ts, f"This plan was already started{run} or cancelled.")
+            return
+        conversation = f"{channel}:{thread_ts}"
+        requested_by = {"source": "slack", "user": user, "channel": channel, "thread_ts": thread_ts,
+                        "conversation": conversation}
+        try:
+            rec = await asyncio.to_thread(self.start_plan, plan_id, requested_by)
+            rec = await _maybe_await(rec)
+        except DistilleryError as err:
+            self.store.release_plan(plan_id)
+            await self.post(channel, thread_ts, str(err))
+            return
+        except Exception:
+            self.store.release_plan(plan_id)
+            log.exception("starting plan %s failed", plan_id)
+            await self.post(channel, thread_ts, "Sorry, the run could not be started; the details are in the bot's log.")
+            return
+        run_id = _get(rec, "id")
+        self.store.set_plan_run(plan_id, run_id)
+        await self._update_plan_card(plan_id, f"Started by <@{user}> as run `{run_id}`.")
+        await self.attach(run_id, channel, thread_ts)
+
+    async def on_cancel_plan(self, plan_id: str, user: str, channel: str, thread_ts: str) -> None:
+        if not self.may_ask(user):
+            await self.ephemeral(channel, user, thread_ts, self._refuse_ask(user))
+            return
+        if not self.store.claim_plan(plan_id, user):
+            await self.ephemeral(channel, user, thread_ts, "This plan was already started or cancelled.")
+            return
+        try:
+            await asyncio.to_thread(self.plans.cancel, plan_id)
+        except DistilleryError as err:
+            log.info("cancelling plan %s: %s", plan_id, err)
+        await self._update_plan_card(plan_id, f"Cancelled by <@{user}>; nothing was started.")
+
+    async def _update_plan_card(self, plan_id: str, note: str) -> None:
+        ref = self.store.plan_message(plan_id)
+        if not ref:
+            return
+        try:
+            plan = await asyncio.to_thread(self.plans.get, plan_id)
+            summary = plan.summary
+        except DistilleryError:
+            summary = {}
+        msg = blocks.plan_decided(plan_id, summary, note)
+        await self.client.chat_update(channel=ref["channel"], ts=ref["message_ts"], text=msg["text"], blocks=msg["blocks"])
+
+    # -- following runs ------------------------------------------------------------------------------------
+    async def attach(self, run_id: str, channel: str, thread_ts: str) -> None:
+        """Post the run's one status message in the thread and keep it updated until the run ends."""
+        if not self.store.followed(run_id):
+            rec = await asyncio.to_thread(self.registry.get, run_id)
+            msg = blocks.status_message(rec.to_dict())
+            resp = await self.post(channel, thread_ts, msg["text"], msg["blocks"])
+            self.store.follow_run(run_id, channel, thread_ts, resp["ts"], msg["text"])
+        self._spawn(run_id)
+
+    async def resume(self) -> list[str]:
+        """Re-attach to the runs this bot was following when it stopped; returns their ids."""
+        ids = [ref["run_id"] for ref in self.store.unfinished_runs()]
+        for run_id in ids:
+            self._spawn(run_id)
+        if ids:
+            log.info("following %d unfinished run(s) again: %s", len(ids), ", ".join(ids))
+        return ids
+
+    def _spawn(self, run_id: str) -> None:
+        task = self._followers.get(run_id)
+        if task is None or task.done():
+            self._followers[run_id] = asyncio.get_running_loop().create_task(self._follow(run_id), name=f"follow-{run_id}")
+
+    async def stop(self) -> None:
+        for task in self._followers.values():
+            task.cancel()
+        await asyncio.gather(*self._followers.values(), return_exceptions=True)
+        self._followers.clear()
+
+    async def _follow(self, run_id: str) -> None:
+        ref = self.store.followed(run_id)
+        last_text, last_at = ref.get("last_text"), 0.0
+        while True:
+            try:
+                rec = await asyncio.to_thread(self.registry.get, run_id)
+                msg = blocks.status_message(rec.to_dict())
+                now = time.monotonic()
+                if msg["text"] != last_text and (rec.finished or now - last_at >= self.update_interval_s):
+                    await self.client.chat_update(channel=ref["channel"], ts=ref["status_ts"],
+                                                  text=self._clean(msg["text"]), blocks=msg["blocks"])
+                    last_text, last_at = msg["text"], now
+                    self.store.set_status_text(run_id, msg["text"])
+                if rec.finished:
+                    await self._announce_end(rec, ref["channel"], ref["thread_ts"])
+                    self.store.finish_run(run_id)
+                    return
+            except asyncio.CancelledError:
+                raise
+            except DistilleryError as err:  # the run vanished from the registry: say so once and stop
+                await self.post(ref["channel"], ref["thread_ts"], f"I can no longer follow run `{run_id}`: {err}")
+                self.store.finish_run(run_id)
+                return
+            except Exception:
+                log.exception("updating the status of run %s failed; retrying", run_id)
+            await asyncio.sleep(self.poll_s)
+
+    async def _announce_end(self, rec, channel: str, thread_ts: str) -> None:
+        if rec.status == "failed":
+            await self.post(channel, thread_ts, blocks.failure_text(rec.id, rec.error, rec.out))
+            return
+        if rec.status == "cancelled":
+            await self.post(channel, thread_ts, blocks.cancelled_text(rec.id, rec.out))
+            return
+        report = rec.report or {}
+        msg = blocks.report_message(rec.id, report)
+        await self.post(channel, thread_ts, msg["text"], msg["blocks"])
+        chart = (report.get("paths") or {}).get("report_png") or (rec.paths or {}).get("report_png")
+        if chart and Path(chart).is_file():
+            await self.client.files_upload_v2(channel=channel, thread_ts=thread_ts, file=chart, filename="report.png",
+                                              title=f"Run {rec.id}: scores and training loss")

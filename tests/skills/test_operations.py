@@ -1,0 +1,53 @@
+"""The operations core: planning defaults, estimates and overrides; reports; errors as sentences."""
+
+import pytest
+
+from pipeline.errors import DistilleryError, ModelError, RunError
+from pipeline.registry import Registry
+from skills import operations as ops
+from skills.plans import PlanStore
+
+
+def test_plan_resolves_defaults_and_overrides():
+    plan = ops.plan_distillation("sst2", "gemma-3-270m", "gpt-4o-mini", rows=40,
+                                 overrides="train.epochs=1 teacher.few_shot=2", requested_by="U1")
+    assert plan.spec["labels"] == ["negative", "positive"] and plan.spec["task"] == "classification"
+    assert plan.spec["dataset"]["train_size"] == 40 and plan.spec["dataset"]["test"].endswith("test.jsonl")
+    assert plan.spec["train"]["epochs"] == 1 and plan.spec["teacher"]["few_shot"] == 2
+    est = plan.summary["estimate"]
+    assert est["rows"] == 40 and est["prompt_tokens"] > 0 and est["cost_usd"] > 0
+    assert plan.requested_by == {"user": "U1"}
+    text = ops.plan_text(plan)
+    assert plan.id in text and "gpt-4o-mini" in text and "40 rows" in text
+
+
+def test_local_folder_student_and_local_teacher_cost_nothing(tiny_model):
+    plan = ops.plan_distillation("sst2", str(tiny_model), None, rows=8)
+    assert plan.spec["student"]["model"] == str(tiny_model) and plan.spec["teacher"]["provider"] == "local"
+    assert plan.summary["estimate"]["cost_usd"] == 0 and plan.summary["runnable"]
+
+
+def test_errors_say_what_to_do():
+    with pytest.raises(ModelError, match="cannot be a student"):
+        ops.plan_distillation("sst2", "gpt-4o")
+    with pytest.raises(DistilleryError, match="unknown task 'poetry'"):
+        ops.plan_distillation("sst2", task="poetry")
+    with pytest.raises(DistilleryError, match="invalid value for 'train.epochs'"):
+        ops.plan_distillation("sst2", overrides="train.epochs=-1")
+    plan = ops.plan_distillation("sst2", rows=4)
+    record = ops.start_plan(plan.id, "U1")
+    with pytest.raises(RunError, match="has no report yet"):
+        ops.get_report(record.id)
+    assert ops.cancel_run(record.id).status == "cancelled"
+    assert [r.id for r in ops.list_runs()] == [record.id]
+    with pytest.raises(RunError, match="no run"):
+        ops.run_status("zzz999")
+    assert PlanStore().get(plan.id).run_id == record.id and Registry().get(record.id).spec["dataset"]["train_size"] == 4
+
+
+def test_catalog_teachers_name_their_key_variable_and_endpoint():
+    plan = ops.plan_distillation("sst2", "gemma-3-270m", "Meta-Llama-3.1-405B-Instruct", rows=4)
+    assert plan.spec["teacher"]["provider"] == "azure" and plan.spec["teacher"]["api_key_env"] == "AZURE_AI_API_KEY"
+    notes = " ".join(plan.summary["notes"])
+    assert "AZURE_AI_API_KEY is not set here" in notes and "teacher.base_url=" in notes
+    assert ops.plan_distillation("sst2", "gemma-3-270m", "gpt-4o", rows=4).spec["teacher"]["api_key_env"] == "OPENAI_API_KEY"
