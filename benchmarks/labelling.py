@@ -55,6 +55,35 @@ def bench_ours(train: Path, url: str, out: Path, concurrency: int) -> tuple[floa
     return time.perf_counter() - t0, time.process_time() - c0, summary.requests_sent
 
 
+def bench_client_floor(train: Path, url: str, concurrency: int) -> tuple[float, float, int]:
+    """The openai teacher alone (same prompts, no cache, no parsing): what the engine cannot go below."""
+    from pipeline.datasets import read_records, to_examples
+    from pipeline.spec import TeacherSpec
+    from pipeline.tasks import get_task, teacher_messages
+    from pipeline.teachers import TeacherRequest
+    from pipeline.teachers.openai import OpenAITeacher
+
+    task, labels = get_task("classification"), ["negative", "positive"]
+    examples = to_examples(read_records(str(train)), "classification", labels, None, str(train))
+    requests = [TeacherRequest(teacher_messages(task, ex, labels, []), {"max_tokens": 256, "temperature": 0.0}) for ex in examples]
+
+    async def run() -> int:
+        teacher = OpenAITeacher(TeacherSpec(provider="openai", model="bench", base_url=url, concurrency=concurrency))
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(r):
+            async with sem:
+                return await teacher.answer(r)
+
+        outs = await asyncio.gather(*(one(r) for r in requests))
+        await teacher.aclose()
+        return len(outs)
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    ok = asyncio.run(run())
+    return time.perf_counter() - t0, time.process_time() - c0, ok
+
+
 def bench_distilabel(train: Path, url: str, concurrency: int) -> tuple[float, float, int] | str:
     try:
         from distilabel.models.llms import OpenAILLM
@@ -96,6 +125,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             train = write_rows(Path(tmp), args.rows)
             wall, cpu, sent = bench_ours(train, url, Path(tmp) / "run", args.concurrency)
+            floor = bench_client_floor(train, url, args.concurrency)
             theirs = bench_distilabel(train, url, args.concurrency)
     finally:
         server.stdin.close()
@@ -104,6 +134,8 @@ def main() -> None:
     print(f"{args.rows} rows, server latency {args.latency * 1000:.0f} ms, concurrency {args.concurrency}, ideal {ideal:.0f} req/s")
     print(f"{'client':<22}{'req/s':>9}{'of ideal':>10}{'CPU ms/req':>12}{'wall s':>9}")
     print(f"{'distillery label()':<22}{ours_rps:>9.0f}{ours_rps / ideal:>10.2f}{cpu / sent * 1000:>12.3f}{wall:>9.2f}")
+    f_wall, f_cpu, f_n = floor
+    print(f"{'  openai client alone':<22}{f_n / f_wall:>9.0f}{f_n / f_wall / ideal:>10.2f}{f_cpu / f_n * 1000:>12.3f}{f_wall:>9.2f}")
     if isinstance(theirs, str):
         print(f"{'distilabel OpenAILLM':<22} not run: {theirs}")
     else:

@@ -103,10 +103,10 @@ def evaluate_model(spec, examples: list[Example], model: str, adapter: str | Pat
 
 def evaluate_teacher(spec, examples: list[Example], progress: ProgressFn | None = None, should_stop=None) -> EvalResult:
     """The teacher as configured (few-shot, chain of thought) on the test rows; answers are cached like labels."""
-    from .labelling import ask_teacher, select_demos
+    from .labelling import ask_teacher, choose_rows
 
     t0 = time.monotonic()
-    demos = select_demos(spec)
+    _, demos = choose_rows(spec)
     results = ask_teacher(spec, examples, demos, progress=progress, should_stop=should_stop, stage="evaluating teacher")
     preds = [r.label if not r.reason else None for r in results]
     extra = [{"confidence": r.confidence, "error": r.reason} for r in results]

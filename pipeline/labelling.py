@@ -180,6 +180,21 @@ async def _with_retries(call: Callable, arg: Any, max_retries: int):
             attempt += 1
 
 
+def _throttled(should_stop: Callable[[], bool] | None, every_s: float = 0.2) -> Callable[[], bool] | None:
+    """should_stop asked at most every `every_s` (it may read a database); once True, always True."""
+    if should_stop is None:
+        return None
+    state = {"at": 0.0, "stop": False}
+
+    def check() -> bool:
+        now = time.monotonic()
+        if not state["stop"] and now - state["at"] >= every_s:
+            state["at"], state["stop"] = now, bool(should_stop())
+        return state["stop"]
+
+    return check
+
+
 class _Failure:
     def __init__(self, detail: str, unreachable: bool = False):
         self.detail, self.unreachable = detail, unreachable
@@ -190,6 +205,7 @@ async def _send(teacher, pending: list[TeacherRequest], store: AnswerStore, t, f
     queue = deque(pending)
     fatal: list[BaseException] = []
     stopped = False
+    should_stop = _throttled(should_stop)
 
     def fail(req: TeacherRequest, err: Exception) -> None:
         if getattr(err, "fatal", False):

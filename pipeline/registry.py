@@ -161,10 +161,14 @@ class Registry:
         self.home.mkdir(parents=True, exist_ok=True)
         self.path = self.home / "registry.db"
         self.busy_timeout_s = busy_timeout_s
-        with self._connect() as db:
-            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                db.execute("PRAGMA journal_mode=WAL")
-        self.migrate()
+        try:
+            with self._connect() as db:
+                if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    db.execute("PRAGMA journal_mode=WAL")
+            self.migrate()
+        except sqlite3.DatabaseError as err:
+            raise RunError(f"the run registry '{self.path}' cannot be opened ({err}); move the file away "
+                           "(a new, empty registry is created) or restore it from a backup.") from None
 
     def __repr__(self) -> str:
         return f"Registry({str(self.home)!r})"

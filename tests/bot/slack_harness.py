@@ -4,6 +4,8 @@
         server.post_event({"type": "app_mention", ...})           # signed like Slack signs, returns the HTTP status
         server.post_command("/distill", "sst2 into tiny", user="U1", channel="C1")
         server.post_action("distill_start", "plan-abc123", user="U1", channel="C1", message_ts=..., thread_ts=...)
+
+ScriptedAgent stands in for bot.agent where a test is about Slack, not about the agent: it makes a real plan.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 from slack_sdk.signature import SignatureVerifier
+
+from pipeline.spec import load_spec
 
 from fake_slack import TEAM_ID
 
@@ -126,3 +131,31 @@ def action_payload(action_id: str, value: str, user: str, channel: str, message_
             "actions": [{"type": "button", "action_id": action_id, "block_id": f"plan:{value}", "value": value,
                          "action_ts": str(time.time())}],
             "response_url": "http://127.0.0.1:9/unused"}
+
+
+PLAN_SUMMARY = {"dataset": "sst2", "task": "classification", "teacher": "gpt-4o-mini (openai)", "student": "tiny",
+                "method": "lora", "rows": 8, "estimate": {"prompt_tokens": 1200, "completion_tokens": 40, "cost_usd": 0.001},
+                "hardware_needed": "small", "hardware_here": "CPU", "runnable": True, "expected_minutes": 1.0, "notes": []}
+
+
+@dataclass
+class Reply:
+    text: str
+    mode: str = "grammar"
+    plan_id: str | None = None
+    run_id: str | None = None
+
+
+class ScriptedAgent:
+    """Makes a real plan for 'distill ...', answers anything else with an echo; records what it was asked."""
+
+    def __init__(self, plans):
+        self.plans, self.calls = plans, []
+
+    async def respond(self, conversation_id, user, text, source=None):
+        self.calls.append({"conversation": conversation_id, "user": user, "text": text, "source": source})
+        if text.startswith("distill"):
+            spec = load_spec(None, ["dataset.train_size=8"]).model_dump(mode="json")
+            plan = self.plans.create(spec, PLAN_SUMMARY, {"user": user, "conversation": conversation_id})
+            return Reply(f"Here is the plan {plan.id}.", plan_id=plan.id)
+        return Reply(f"echo: {text}")

@@ -1,6 +1,6 @@
 """The Slack app over real HTTP: signed events, slash commands and buttons in; Web API calls out to a fake Slack.
 
-The agent here is scripted (it makes a real plan in a real PlanStore); runs are submitted to the real registry by
+The agent here is scripted (slack_harness.ScriptedAgent makes a real plan in a real PlanStore); runs are submitted to the real registry by
 the real skills.operations.start_plan, and the test moves them through their stages as a worker would.
 """
 
@@ -10,7 +10,6 @@ import functools
 import struct
 import time
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,38 +19,9 @@ from bot.slack_store import SlackStore
 from fake_slack import FakeSlack
 from pipeline.progress import Progress
 from pipeline.registry import Registry
-from pipeline.spec import load_spec
 from skills import operations
 from skills.plans import PlanStore
-from slack_harness import BOT_TOKEN, SIGNING_SECRET, AppServer, mention
-
-PLAN_SUMMARY = {"dataset": "sst2", "task": "classification", "teacher": "gpt-4o-mini (openai)", "student": "tiny",
-                "method": "lora", "rows": 8, "estimate": {"prompt_tokens": 1200, "completion_tokens": 40, "cost_usd": 0.001},
-                "hardware_needed": "small", "hardware_here": "CPU", "runnable": True, "expected_minutes": 1.0, "notes": []}
-
-
-@dataclass
-class Reply:
-    text: str
-    mode: str = "grammar"
-    plan_id: str | None = None
-    run_id: str | None = None
-
-
-class ScriptedAgent:
-    """Makes a real plan for 'distill ...', answers anything else with an echo; records what it was asked."""
-
-    def __init__(self, plans: PlanStore):
-        self.plans, self.calls = plans, []
-
-    async def respond(self, conversation_id, user, text, source=None):
-        self.calls.append({"conversation": conversation_id, "user": user, "text": text, "source": source})
-        if text.startswith("distill"):
-            spec = load_spec(None, ["dataset.train_size=8"]).model_dump(mode="json")
-            plan = self.plans.create(spec, PLAN_SUMMARY, {"user": user, "conversation": conversation_id})
-            return Reply(f"Here is the plan {plan.id}.", plan_id=plan.id)
-        return Reply(f"echo: {text}")
-
+from slack_harness import BOT_TOKEN, SIGNING_SECRET, AppServer, ScriptedAgent, mention
 
 def png_bytes() -> bytes:
     def chunk(kind, data):
@@ -99,7 +69,9 @@ def plan_card_of(slack, thread_ts):
 def ask_for_plan(env, server, user="UADMIN", ts="1690000000.000100"):
     assert server.post_event(mention("distill sst2 into tiny", user, "C1", ts)) == 200
     card = env.slack.wait_for(lambda: plan_card_of(env.slack, ts), what="the plan card")
-    return env.plans.latest(f"C1:{ts}").id, card
+    plan_id = env.plans.latest(f"C1:{ts}").id
+    env.slack.wait_for(lambda: env.store.plan_message(plan_id), what="the plan message to be stored")
+    return plan_id, card
 
 
 def test_requests_with_a_bad_signature_or_a_stale_timestamp_get_401_and_do_nothing(env):

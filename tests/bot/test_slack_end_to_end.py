@@ -52,8 +52,11 @@ def test_mention_plan_start_worker_status_updates_report_and_chart(tiny_model, t
             # 3. a worker executes it (the bot only follows the registry)
             worker = threading.Thread(target=run_worker, kwargs=dict(registry=registry, poll_s=0.1, once=True), daemon=True)
             worker.start()
-            report = slack.wait_for(lambda: [c for c in slack.calls("chat.postMessage") if "is done" in c["text"]],
-                                    timeout=300, what="the report message")[0]
+            end = slack.wait_for(lambda: [c for c in slack.calls("chat.postMessage") if f"Run `{run.id}` " in c["text"]
+                                          and ("is done" in c["text"] or "failed" in c["text"])],
+                                 timeout=300, what="the end of the run")
+            report = end[0]
+            assert "is done" in report["text"], report["text"]
             slack.wait_for(lambda: slack.calls("files.completeUploadExternal"), what="the chart upload")
             worker.join(60)
     done = registry.get(run.id)

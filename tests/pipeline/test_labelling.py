@@ -240,7 +240,7 @@ def test_estimate_sends_nothing_and_knows_the_cache(tmp_path):
 
 
 def test_should_stop_cancels_and_keeps_answers(tmp_path):
-    with FakeLLMServer(responder=sentiment) as server:
+    with FakeLLMServer(responder=sentiment, latency=0.1) as server:
         spec = _spec(tmp_path, server)
         with pytest.raises(Cancelled):
             ask_teacher(spec, choose_rows(spec)[0], [], should_stop=lambda: len(server.requests) >= 8)
@@ -272,7 +272,7 @@ label(load_spec(None, sys.argv[1:]))
 
 
 def test_kill_and_resume_never_asks_twice(tmp_path):
-    with FakeLLMServer(responder=sentiment, latency=0.05) as server:
+    with FakeLLMServer(responder=sentiment, latency=0.1) as server:
         spec = _spec(tmp_path, server, "teacher.concurrency=4")
         args = [f"dataset.train={spec.dataset.train}", "dataset.train_size=null", "teacher.few_shot=0", "teacher.provider=openai",
                 "teacher.model=fake-model", f"teacher.base_url={server.openai_base_url}", "teacher.api_key_env=null",

@@ -306,3 +306,10 @@ def test_unwritable_run_folder_is_a_sentence_and_leaves_no_run(tmp_path):
     with pytest.raises(RunError, match="cannot write the run folder .*set out= to a writable folder"):
         reg.submit(spec(out=str(tmp_path / "a-file" / "run")))
     assert reg.list_runs() == []
+
+
+def test_corrupt_registry_file_is_a_sentence(isolated_home):
+    isolated_home.mkdir(parents=True, exist_ok=True)
+    (isolated_home / "registry.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(RunError, match="cannot be opened .*move the file away"):
+        Registry()

@@ -275,12 +275,12 @@ def test_early_stopping_keeps_the_weights_of_the_best_validation_loss(tmp_path, 
     from pipeline.training import load_student, train
 
     rows = records(24)
-    spec = make_spec(tmp_path / "run", tiny_model, rows, max_steps=40, learning_rate=0.5, val_share=0.25, eval_every=1,
-                     early_stopping_patience=2, warmup_ratio=0.0)
+    spec = make_spec(tmp_path / "run", tiny_model, rows, max_steps=12, learning_rate=0.5, val_share=0.25, eval_every=1,
+                     early_stopping_patience=1, warmup_ratio=0.0)
     summary = train(spec)
     vals = [v["loss"] for v in summary.val_losses]
-    assert summary.stopped_early and summary.steps < 40 and len(vals) == summary.steps
-    assert min(vals) < vals[-1] and min(vals) < vals[-2]
+    assert summary.stopped_early and summary.steps < 12 and len(vals) == summary.steps
+    assert min(vals) < vals[-1]
     model, tok = load_student(spec)
     _, val = split_rows(encode_records(rows, tok, render_chat_for_tests(), True, 512), 0.25, 0)
     with torch.no_grad():
