@@ -178,8 +178,13 @@ class SlackFlow:
         except DistilleryError:
             return
         by = rec.requested_by or {}
-        if by.get("channel") == channel and by.get("thread_ts") == thread_ts and not rec.finished:
-            await self.attach(run_id, channel, thread_ts)
+        if by.get("channel") != channel or by.get("thread_ts") != thread_ts or rec.finished:
+            return
+        plan_id = by.get("plan")
+        if plan_id and self.store.plan_message(plan_id) and self.store.claim_plan(plan_id, by.get("user") or ""):
+            self.store.set_plan_run(plan_id, run_id)  # started by text ("yes"): the card's buttons go away too
+            await self._update_plan_card(plan_id, f"Started by <@{by.get('user')}> as run `{run_id}`.")
+        await self.attach(run_id, channel, thread_ts)
 
     # -- buttons -------------------------------------------------------------------------------------------
     async def on_start(self, plan_id: str, user: str, channel: str, thread_ts: str) -> None:

@@ -72,7 +72,7 @@ def label_cmd(args: tuple[str, ...], estimate: bool) -> None:
     if estimate:
         e = estimate_fn(spec)
         d = e if isinstance(e, dict) else vars(e)
-        click.echo(f"rows: {d.get('rows')}  requests: {d.get('requests')}")
+        click.echo(f"rows: {d.get('rows')}  requests to send: {d.get('requests')}  answers already cached: {d.get('cached', 0)}")
         click.echo(f"estimated tokens: {d.get('prompt_tokens'):,} prompt + {d.get('completion_tokens'):,} completion")
         click.echo(f"estimated cost: ${d.get('cost_usd', 0.0):.4f} (teacher.price_per_mtok input={spec.teacher.price_per_mtok.input}, output={spec.teacher.price_per_mtok.output})")
         return

@@ -139,10 +139,20 @@ def _prefix_cache(model, parts, prefix: list[int]):
 
 
 def _expand(cache, batch: int):
-    expanded = copy.deepcopy(cache)
-    if batch > 1:
+    """A cache for `batch` rows that views the prefix's tensors (the model's update concatenates, never writes)."""
+    try:
+        expanded = copy.copy(cache)
+        expanded.layers = []
+        for layer in cache.layers:
+            view = copy.copy(layer)
+            view.keys = layer.keys.expand(batch, *layer.keys.shape[1:])
+            view.values = layer.values.expand(batch, *layer.values.shape[1:])
+            expanded.layers.append(view)
+        return expanded
+    except (AttributeError, TypeError):  # another cache layout: copy, then repeat
+        expanded = copy.deepcopy(cache)
         expanded.batch_repeat_interleave(batch)
-    return expanded
+        return expanded
 
 
 # scoring ---------------------------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ class FakeSlack:
         self._ws_loop: asyncio.AbstractEventLoop | None = None
         self._ws_sockets: list[Any] = []
         self._ws_connected = threading.Event()
+        self._ws_stop: asyncio.Event | None = None
+        self._ws_thread: threading.Thread | None = None
         self.ws_url = ""
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -55,8 +57,9 @@ class FakeSlack:
         if self._http:
             self._http.shutdown()
             self._http.server_close()
-        if self._ws_loop:
-            self._ws_loop.call_soon_threadsafe(self._ws_loop.stop)
+        if self._ws_loop and self._ws_stop:
+            self._ws_loop.call_soon_threadsafe(self._ws_stop.set)
+            self._ws_thread.join(10)
 
     def __enter__(self) -> "FakeSlack":
         return self.start()
@@ -99,7 +102,8 @@ class FakeSlack:
     def start_socket_mode(self) -> str:
         """Start the local websocket server; apps.connections.open will hand out its URL."""
         ready = threading.Event()
-        threading.Thread(target=self._run_ws, args=(ready,), daemon=True).start()
+        self._ws_thread = threading.Thread(target=self._run_ws, args=(ready,), daemon=True)
+        self._ws_thread.start()
         ready.wait(10)
         return self.ws_url
 
@@ -116,17 +120,16 @@ class FakeSlack:
                     self.acks.append(json.loads(message))
 
         async def main() -> None:
+            self._ws_stop = asyncio.Event()
             async with serve(handle, "127.0.0.1", 0) as server:
                 port = server.sockets[0].getsockname()[1]
                 self.ws_url = f"ws://127.0.0.1:{port}/"
                 ready.set()
-                await asyncio.Future()
+                await self._ws_stop.wait()
 
         self._ws_loop = asyncio.new_event_loop()
-        try:
-            self._ws_loop.run_until_complete(main())
-        except RuntimeError:
-            pass  # loop stopped by stop()
+        self._ws_loop.run_until_complete(main())
+        self._ws_loop.close()
 
     def send_envelope(self, kind: str, payload: dict[str, Any], retry_attempt: int = 0) -> str:
         """Push one Socket Mode envelope (events_api, slash_commands, interactive) to the connected app."""

@@ -7,6 +7,7 @@ the real skills.operations.start_plan, and the test moves them through their sta
 from __future__ import annotations
 
 import functools
+import json
 import struct
 import time
 import zlib
@@ -280,3 +281,61 @@ def test_the_app_uses_the_configured_api_url(env):
     app = env.make_app()
     assert app.client.base_url == env.slack.api_url
     assert flow_of(app).may_start("UADMIN") and not flow_of(app).may_start("UASK") and flow_of(app).may_ask("UASK")
+
+
+def test_the_manifest_declares_what_the_bot_uses():
+    import yaml
+
+    manifest = yaml.safe_load((Path(__file__).resolve().parents[2] / "bot" / "manifest.yaml").read_text())
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    assert {"app_mentions:read", "chat:write", "commands", "im:history", "files:write", "channels:history"} <= scopes
+    assert {"app_mention", "message.im", "message.channels"} <= set(manifest["settings"]["event_subscriptions"]["bot_events"])
+    assert [c["command"] for c in manifest["features"]["slash_commands"]] == ["/distill"]
+    assert manifest["settings"]["interactivity"]["is_enabled"] and manifest["settings"]["socket_mode_enabled"]
+
+
+def test_distillery_slack_http_serves_signed_requests_from_the_command_line(slack, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+           "DISTILLERY_SLACK_API_URL": slack.api_url}
+    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "slack", "--http", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def healthy():
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).read() == b"ok"
+            except OSError:
+                return proc.poll() is not None and pytest.fail(proc.stdout.read())
+        slack.wait_for(healthy, what="the bot to listen")
+        server = AppServer(None)
+        server.url = f"http://127.0.0.1:{port}/slack/events"
+        challenge = server.post('{"type": "url_verification", "challenge": "abc123", "token": "x"}', "application/json")
+        assert challenge[0] == 200 and json.loads(challenge[1]) == {"challenge": "abc123"}
+        assert server.post_event(mention("help", "U1", "C9", "1690000000.001000")) == 200
+        reply = slack.wait_for(lambda: posts(slack, "1690000000.001000"), what="the help reply")[0]
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    assert "distill <dataset> into <student>" in reply["text"]  # the real agent, in command mode
+    assert BOT_TOKEN not in output and SIGNING_SECRET not in output
+
+
+def test_the_bot_acts_only_in_its_channels_but_always_in_direct_messages(env):
+    from dataclasses import replace
+
+    with AppServer(env.make_app(config=replace(env.config, channels=frozenset({"C1"})))) as server:
+        server.post_event(mention("runs", "UASK", "C7", "1690000000.001100"))
+        other = env.slack.wait_for(lambda: posts(env.slack, "1690000000.001100"), what="the answer in C7")[0]
+        server.post_event({"type": "message", "channel": "D7", "user": "UASK", "text": "runs", "ts": "1690000000.001200",
+                           "channel_type": "im"})
+        env.slack.wait_for(lambda: posts(env.slack, "1690000000.001200"), what="the DM answer")
+    assert "not set up to work in this channel" in other["text"]
+    assert [c["conversation"] for c in env.agent.calls] == ["D7:1690000000.001200"]

@@ -73,3 +73,34 @@ def test_mention_plan_start_worker_status_updates_report_and_chart(tiny_model, t
         assert list(slack.uploads.values()) == [f.read()]
     assert len(teacher.requests) >= 16  # the teacher really labelled the rows
     assert len(registry.list_runs()) == 1
+
+
+def test_yes_in_the_thread_starts_the_plan_with_the_real_agent_and_the_card_loses_its_buttons(tiny_model):
+    thread = "1690000001.000200"
+    registry, plans = Registry(), PlanStore()
+    with FakeSlack() as slack:
+        config = SlackConfig(bot_token=BOT_TOKEN, signing_secret=SIGNING_SECRET, api_url=slack.api_url,
+                             admins=frozenset({"UADMIN"}), users=frozenset({"UASK"}))
+        app = create_app(config, registry=registry, plans=plans, poll_s=0.1, update_interval_s=0.3)
+        with AppServer(app) as server:
+            server.post_event(mention(f"distill sst2 into {tiny_model} rows=4", "UASK", "C1", thread))
+            slack.wait_for(lambda: [c for c in slack.calls("chat.postMessage") if "distill_start" in str(c.get("blocks"))],
+                           what="the plan card")
+            plan_id = plans.latest(f"C1:{thread}").id
+            card_ts = slack.wait_for(lambda: SlackStore().plan_message(plan_id), what="the stored card")["message_ts"]
+            server.post_event(mention("yes", "UASK", "C1", "1690000001.000201", thread_ts=thread))  # may ask, not start
+            slack.wait_for(lambda: [c for c in slack.calls("chat.postMessage") if "only Distillery admins" in c["text"]],
+                           what="the refusal")
+            assert registry.list_runs() == []
+            server.post_event(mention("yes", "UADMIN", "C1", "1690000001.000202", thread_ts=thread))
+            run = slack.wait_for(lambda: registry.list_runs(), what="the run")[0]
+            slack.wait_for(lambda: [c for c in slack.calls("chat.postMessage") if f"Run `{run.id}` is queued" in c["text"]],
+                           what="the status message")
+            card = slack.wait_for(lambda: [u for u in slack.calls("chat.update") if u["ts"] == card_ts], what="the card update")[0]
+            server.post_event({"type": "message", "channel": "C1", "user": "UADMIN", "text": "cancel it",
+                               "ts": "1690000001.000203", "thread_ts": thread, "channel_type": "channel"})
+            slack.wait_for(lambda: [c for c in slack.calls("chat.postMessage") if f"Run `{run.id}` was cancelled" in c["text"]],
+                           what="the cancellation")
+    assert "distill_start" not in str(card["blocks"]) and f"as run `{run.id}`" in card["text"]
+    assert run.requested_by["thread_ts"] == thread and run.requested_by["user"] == "UADMIN"
+    assert registry.get(run.id).status == "cancelled"

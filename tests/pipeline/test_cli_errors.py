@@ -17,7 +17,8 @@ def distillery(*args, env=None, cwd=None):
 def assert_one_sentence(result, fragment):
     assert result.returncode != 0, result.stdout
     assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    # progress lines ("[labelling] 1/3 ...") may come first; the error is one line of its own
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip() and not line.startswith("[")]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
 

@@ -44,3 +44,41 @@ def test_default_run_on_gemma_small(tmp_path, gemma_path):
     assert "student_distilled" in result.stdout and "Gap closed" in result.stdout
     # the 8-shot teacher is better than chance on real data
     assert report["scores"]["teacher"] >= 0.6
+
+
+def _gold_responder(*data_files):
+    """Answer like a good teacher: the gold label of the row the prompt ends with."""
+    from fake_llm_server import last_user
+
+    gold = {}
+    for line in (ln for f in data_files for ln in f.read_text().splitlines()):
+        rec = json.loads(line)
+        gold[f"Text: {rec['sentence'].strip()}"] = ["negative", "positive"][rec["label"]]
+    return lambda req: gold.get(last_user(req).strip(), "positive")
+
+
+def test_run_resumes_without_paying_twice(tmp_path, tiny_model):
+    from conftest import DATA
+    from fake_llm_server import FakeLLMServer
+    from pipeline.datasets import BUNDLED_DIR
+
+    out = tmp_path / "run"
+    test_file = BUNDLED_DIR / "sst2" / "test.jsonl"
+    args = ["run", f"dataset.train={DATA / 'sst2.jsonl'}", f"dataset.test={test_file}", "dataset.test_size=8",
+            "teacher.provider=openai", "teacher.model=teacher-x", "teacher.few_shot=2", "teacher.price_per_mtok={input: 1.0, output: 2.0}",
+            f"student.model={tiny_model}", "train.epochs=1", "train.batch_size=4", "eval.batch_size=8", f"out={out}"]
+    with FakeLLMServer(responder=_gold_responder(DATA / "sst2.jsonl", test_file)) as server:
+        args.append(f"teacher.base_url={server.openai_base_url}")
+        first = distillery(*args, timeout=600)
+        assert first.returncode == 0, first.stderr[-3000:]
+        sent = len(server.requests)
+        report = json.loads((out / "report.json").read_text())
+        # 22 rows labelled (24 minus 2 demonstrations) + 8 test rows for the teacher's own score
+        assert sent == 22 + 8
+        assert report["labelling"]["requested"] == 22 and report["labelling"]["cost_usd"] > 0
+        assert report["scores"]["teacher"] == 1.0  # the scripted teacher answers with the gold labels
+        second = distillery(*args, timeout=600)
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert len(server.requests) == sent  # nothing re-sent: answers, adapter and scores were all kept
+    again = json.loads((out / "report.json").read_text())
+    assert again["scores"] == report["scores"] and again["training"]["steps"] == report["training"]["steps"]

@@ -161,7 +161,7 @@ def test_sigkilled_run_resumes_and_ends_like_an_uninterrupted_run(tmp_path, tiny
     (tmp_path / "spec.json").write_text(spec.model_dump_json())
     child = subprocess.Popen([sys.executable, "-c", CHILD.format(repo=str(REPO)), str(tmp_path / "spec.json")], cwd=tmp_path)
     ckpts = tmp_path / "killed" / "checkpoints"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not list(ckpts.glob("step-000006")) and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.kill(child.pid, signal.SIGKILL)
