@@ -40,6 +40,9 @@ class Turn:
 current_turn: ContextVar[Turn | None] = ContextVar("distillery_turn", default=None)
 
 
+NOT_ALLOWED = "You may ask about distillations here but not start or cancel runs; ask an admin of this deployment to do it."
+
+
 def _sentence(err: Exception) -> str:
     return f"Could not do that: {err}"
 
@@ -55,6 +58,11 @@ class DistillationPlugin:
     def _who(self) -> dict[str, Any]:
         turn = current_turn.get()
         return {"source": self.source, **(turn.requested_by if turn else {})}
+
+    def _may_start(self) -> bool:
+        """Front doors with allow-lists (Slack) put may_start in the turn; the check holds whatever the model says."""
+        turn = current_turn.get()
+        return not (turn and turn.requested_by.get("may_start") is False)
 
     @kernel_function(description="List the datasets available for distillation (names to use in plan_distillation).")
     def list_datasets(self) -> str:
@@ -117,6 +125,8 @@ class DistillationPlugin:
 
     @kernel_function(description="Start a plan made by plan_distillation. This spends teacher tokens: only call it after the user confirmed this plan id.")
     def start_distillation(self, plan_id: Annotated[str, "the plan id, like plan-3f9a2c"]) -> str:
+        if not self._may_start():
+            return NOT_ALLOWED
         try:
             record = ops.start_plan(plan_id, self._who(), plans=self.plans, registry=self.registry)
         except DistilleryError as err:
@@ -143,6 +153,8 @@ class DistillationPlugin:
 
     @kernel_function(description="Cancel a queued or running run; what it produced so far is kept.")
     def cancel_run(self, run_id: Annotated[str, "the run id"]) -> str:
+        if not self._may_start():
+            return NOT_ALLOWED
         try:
             record = ops.cancel_run(run_id, registry=self.registry)
         except DistilleryError as err:
