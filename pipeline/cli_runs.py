@@ -157,10 +157,7 @@ def report_command(run_id: str) -> None:
     out = Path(rec.out)
     md = out / "report.md"
     if rec.status != "done" and not md.is_file():
-        what = f"{rec.status}" + (f" ({rec.stage}{', ' + describe_progress(rec) if describe_progress(rec) else ''})"
-                                  if rec.running and rec.stage else "")
-        why = f": {rec.error}" if rec.status == "failed" and rec.error else ""
-        raise RunError(f"run {rec.id} has no report yet; it is {what}{why}")
+        raise RunError(f"run {rec.id} has no report yet; {_state_sentence(rec)}")
     if not out.is_dir():
         raise RunError(f"run {rec.id}'s folder '{out}' is missing (moved or deleted?); "
                        f"its scores are still in `distillery status {rec.id}`.")
@@ -177,6 +174,18 @@ def report_command(run_id: str) -> None:
         path = out / name
         note = "" if path.is_file() and _readable(path) else " (missing or unreadable)"
         click.echo(f"{name}: {path}{note}")
+
+
+def _state_sentence(rec: RunRecord) -> str:
+    """'it is training (12/24 steps, ETA 9s).' and the like, for a run without a report."""
+    if rec.status == "failed":
+        return f"it failed: {(rec.error or 'no reason recorded').rstrip('.')}."
+    if rec.status == "cancelled":
+        return "it was cancelled; submit the same spec again to resume it."
+    if rec.status == "queued":
+        return "it is queued; start `distillery worker` if none is running."
+    detail = ", ".join(x for x in (rec.stage, describe_progress(rec)) if x)
+    return f"it is {rec.status}" + (f" ({detail})." if detail else ".")
 
 
 def _readable(path: Path) -> bool:

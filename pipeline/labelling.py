@@ -127,13 +127,27 @@ def choose_rows(spec) -> tuple[list[Example], list[Example]]:
     order.shuffle(rest)
     order.shuffle(inside)
     candidates = [e for e in rest + inside if e.gold and _fields_key(e) not in test_keys]
-    demos = candidates[:k]
+    demos = _balanced(candidates, k) if get_task(spec.task).choice_based and spec.task != "multiple_choice" else candidates[:k]
     if not demos:
         raise SpecError(f"teacher.few_shot={k} needs training rows with gold labels and this dataset has none; set teacher.few_shot=0.")
     if len(demos) < k:
         log.warning("only %d demonstrations with gold labels are available (teacher.few_shot=%d)", len(demos), k)
     taken = {id(d) for d in demos}
     return [e for e in rows if id(e) not in taken], demos
+
+
+def _balanced(candidates: list[Example], k: int) -> list[Example]:
+    """k demonstrations taking the classes in turn (a lopsided set of demonstrations biases the teacher)."""
+    by_class: dict[str, list[Example]] = {}
+    for e in candidates:
+        by_class.setdefault(str(e.gold), []).append(e)
+    queues = [by_class[c] for c in sorted(by_class)]
+    demos: list[Example] = []
+    while len(demos) < k and any(queues):
+        for q in queues:
+            if q and len(demos) < k:
+                demos.append(q.pop(0))
+    return demos
 
 
 # requests ------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import re
 import secrets
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -161,6 +162,7 @@ class Registry:
         self.home.mkdir(parents=True, exist_ok=True)
         self.path = self.home / "registry.db"
         self.busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
         try:
             with self._connect() as db:
                 if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
@@ -175,13 +177,22 @@ class Registry:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
-        try:
+        """This thread's connection (autocommit; opened once per thread and process, reused: closing the last
+        connection to a WAL database checkpoints it, which costs milliseconds per call)."""
+        db = getattr(self._local, "db", None)
+        if db is None or self._local.pid != os.getpid():
+            db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
             db.row_factory = sqlite3.Row
             db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
             db.execute("PRAGMA synchronous=NORMAL")
-            yield db
-        finally:
+            self._local.db, self._local.pid = db, os.getpid()
+        yield db
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their thread ends)."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            self._local.db = None
             db.close()
 
     @contextmanager
@@ -349,12 +360,12 @@ class Registry:
                        (message, now, now, run_id))
             self._event(db, run_id, "failed", None, {"error": message})
 
-    def mark_cancelled(self, run_id: str) -> None:
+    def mark_cancelled(self, run_id: str, reason: str | None = None) -> None:
         now = time.time()
         with self._write() as db:
             db.execute("UPDATE runs SET status = 'cancelled', cancel_requested = 1, updated_at = ?, finished_at = ?"
                        " WHERE id = ?", (now, now, run_id))
-            self._event(db, run_id, "cancelled", None, {})
+            self._event(db, run_id, "cancelled", None, {"reason": reason} if reason else {})
 
     def cancel(self, run_id: str) -> RunRecord:
         """Queued: cancelled at once. Running: cancel_requested, its worker stops it within seconds."""

@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -217,25 +218,12 @@ def run_worker(registry: Registry | None = None, max_concurrent: int = 1, poll_s
     log.info("worker %s watching %s (max %d at a time)", worker_id, reg.path, max_concurrent)
     try:
         while not stop.is_set():
-            # 1. reap finished children; a child that died without recording an outcome fails its run
-            for child in list(children.values()):
-                if child.proc.poll() is not None:
-                    _reap(reg, child, worker_id)
-                    with lock:
-                        children.pop(child.run_id)
-                else:
-                    _enforce_cancel(reg, child, cancel_grace_s)
-            # 2. claim while there is room
-            claimed = False
-            while len(children) < max_concurrent and not stop.is_set():
-                rec = reg.claim_next(worker_id, stale_after_s=stale_after_s)
-                if rec is None:
-                    break
-                log.info("run %s: claimed (attempt %d)", rec.id, rec.attempts)
-                with lock:
-                    children[rec.id] = _Child(rec.id, _spawn(reg, rec.id, worker_id))
-                handled += 1
-                claimed = True
+            try:
+                claimed = _tick(reg, children, lock, worker_id, max_concurrent, stale_after_s, cancel_grace_s, stop)
+            except (DistilleryError, OSError, sqlite3.Error):  # a full disk, a vanished file: log, wait, go on
+                log.exception("worker %s: error while looking after runs; retrying", worker_id)
+                claimed = []
+            handled += len(claimed)
             if once and not children and not claimed:
                 break
             stop.wait(poll_s)
@@ -245,6 +233,35 @@ def run_worker(registry: Registry | None = None, max_concurrent: int = 1, poll_s
         beating.set()
         _shutdown(reg, children, worker_id)
     return handled
+
+
+def _tick(reg: Registry, children: dict[str, _Child], lock: threading.Lock, worker_id: str, max_concurrent: int,
+          stale_after_s: float, cancel_grace_s: float, stop: threading.Event) -> list[str]:
+    """One look after the runs: reap, enforce cancels, claim while there is room; returns the ids claimed."""
+    # 1. reap finished children; a child that died without recording an outcome fails its run
+    for child in list(children.values()):
+        if child.proc.poll() is not None:
+            _reap(reg, child, worker_id)
+            with lock:
+                children.pop(child.run_id)
+        else:
+            _enforce_cancel(reg, child, cancel_grace_s)
+    # 2. claim while there is room
+    claimed: list[str] = []
+    while len(children) < max_concurrent and not stop.is_set():
+        rec = reg.claim_next(worker_id, stale_after_s=stale_after_s)
+        if rec is None:
+            break
+        log.info("run %s: claimed (attempt %d)", rec.id, rec.attempts)
+        try:
+            proc = _spawn(reg, rec.id, worker_id)
+        except OSError as err:
+            reg.fail(rec.id, f"the worker could not start the run's process ({err}); check the worker's environment.")
+            continue
+        with lock:
+            children[rec.id] = _Child(rec.id, proc)
+        claimed.append(rec.id)
+    return claimed
 
 
 def _enforce_cancel(reg: Registry, child: _Child, grace_s: float) -> bool:
@@ -259,7 +276,7 @@ def _enforce_cancel(reg: Registry, child: _Child, grace_s: float) -> bool:
     child.proc.kill()
     child.proc.wait()
     if reg.get(child.run_id).running:
-        reg.mark_cancelled(child.run_id)
+        reg.mark_cancelled(child.run_id, reason=f"its process did not stop within {grace_s:g} s and was killed")
     return True
 
 

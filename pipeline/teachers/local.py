@@ -29,6 +29,7 @@ class LocalTeacher(Teacher):
         self._model = None
         self._tokenizer = None
         self._lock = threading.Lock()
+        self._busy = threading.Lock()  # one batch at a time: concurrent batches only fight over the same cores
 
     def _load(self):
         with self._lock:
@@ -59,9 +60,17 @@ class LocalTeacher(Teacher):
         return await asyncio.to_thread(self._answer_sync, list(requests))
 
     def _answer_sync(self, requests: list[TeacherRequest]) -> list[TeacherAnswer]:
+        model, tokenizer = self._load()
+        with self._busy:
+            try:
+                return self._answer_loaded(model, tokenizer, requests)
+            except RuntimeError as err:  # out of memory and the like
+                raise TeacherError(f"the local teacher failed ({type(err).__name__}: {str(err)[:200]}); "
+                                   "lower teacher.batch_size or teacher.params.max_tokens.") from err
+
+    def _answer_loaded(self, model, tokenizer, requests: list[TeacherRequest]) -> list[TeacherAnswer]:
         from ..scoring import encode_prompt, generate, score_options
 
-        model, tokenizer = self._load()
         fmt = self.prompt_format(tokenizer)
         prompts = [self._render(tokenizer, r.messages, fmt) for r in requests]
         answers: list[TeacherAnswer | None] = [None] * len(requests)
@@ -94,11 +103,8 @@ class LocalTeacher(Teacher):
                        tuple(p.get("stop") or ()))
                 groups.setdefault(key, []).append(i)
         for (max_tokens, temperature, top_p, stop), idx in groups.items():
-            try:
-                gens = generate(model, tokenizer, [prompts[i] for i in idx], max_new_tokens=max_tokens, temperature=temperature,
-                                top_p=top_p, stop=list(stop) or None, batch_size=self.batch_size)
-            except RuntimeError as err:
-                raise TeacherError(f"the local teacher failed while generating ({err}); lower teacher.batch_size or teacher.params.max_tokens.") from err
+            gens = generate(model, tokenizer, [prompts[i] for i in idx], max_new_tokens=max_tokens, temperature=temperature,
+                            top_p=top_p, stop=list(stop) or None, batch_size=self.batch_size)
             for i, g in zip(idx, gens):
                 answers[i] = TeacherAnswer(text=g.text, finish_reason=g.finish_reason, prompt_tokens=g.prompt_tokens,
                                            completion_tokens=g.completion_tokens)

@@ -70,7 +70,7 @@ def test_submit_bad_spec_and_unknown_run_are_sentences(capsys):
 def test_report_of_queued_run_says_so(capsys):
     rec = Registry().submit(load_spec(None))
     err = one_sentence_error(*distillery(capsys, "report", rec.id))
-    assert f"run {rec.id} has no report yet; it is queued" in err
+    assert f"run {rec.id} has no report yet; it is queued; start `distillery worker`" in err
 
 
 def test_report_prints_markdown_then_paths(capsys, tmp_path):
@@ -106,3 +106,20 @@ def test_report_with_missing_or_corrupt_folder_is_a_sentence(capsys, tmp_path):
 def test_runs_empty_and_json(capsys, flag):
     code, out, _ = distillery(capsys, "runs", *([flag] if flag else []))
     assert code == 0 and (out == "" if flag else "no runs yet" in out)
+
+
+def test_report_of_running_and_failed_runs_says_where_they_are(capsys):
+    from pipeline.progress import Progress
+
+    reg = Registry()
+    running, failed = reg.submit(load_spec(None)), reg.submit(load_spec(None))
+    reg.claim_next("w")
+    reg.set_status(running.id, "training", stage="training")
+    reg.update_progress(running.id, Progress("training", 3, 10, rate=1.0, eta_s=7.0, unit="steps"))
+    err = one_sentence_error(*distillery(capsys, "report", running.id))
+    assert "has no report yet; it is training (training, 3/10 steps, 1.0/s, ETA 7s)." in err
+    reg.fail(failed.id, "dataset file 'x' does not exist; check dataset.train.")
+    err = one_sentence_error(*distillery(capsys, "report", failed.id))
+    assert "it failed: dataset file 'x' does not exist; check dataset.train." in err
+    code, out, _ = distillery(capsys, "runs")
+    assert f"{running.id}  training" in out and "3/10 steps" in out

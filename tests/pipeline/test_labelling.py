@@ -220,6 +220,7 @@ def test_demos_are_gold_rows_never_labelled_nor_test(tmp_path):
         rows, demos = choose_rows(spec)
         assert len(rows) == 20 and len(demos) == 4
         assert not {d.row for d in demos} & {r.row for r in rows} and all(d.gold for d in demos)
+        assert [d.gold for d in demos] == ["negative", "positive", "negative", "positive"]  # classes taken in turn
         everything = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"train_size": None})})
         rows_all, demos_all = choose_rows(everything)  # no remainder: demos leave the labelled set
         assert len(rows_all) == 26 and not {d.row for d in demos_all} & {r.row for r in rows_all}
