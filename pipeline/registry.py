@@ -273,6 +273,8 @@ class Registry:
         own = str(self.home / "runs" / run_id)
         if own_folder_for_default and out in DEFAULT_OUTS:
             return own
+        now = time.time()
+        self._settle_dead_foreground(db, now + 1, now)  # a killed `distillery run` must not keep its folder busy
         resolved = str(Path(out).expanduser().resolve())
         busy = db.execute(f"SELECT 1 FROM runs WHERE out = ? AND status NOT IN {FINISHED} LIMIT 1", (resolved,)).fetchone()
         return own if busy else resolved

@@ -313,3 +313,17 @@ def test_corrupt_registry_file_is_a_sentence(isolated_home):
     (isolated_home / "registry.db").write_bytes(b"this is not a database" * 100)
     with pytest.raises(RunError, match="cannot be opened .*move the file away"):
         Registry()
+
+
+def test_rerunning_after_a_killed_foreground_run_reuses_its_folder(tmp_path):
+    reg = Registry()
+    first = reg.start_foreground(spec(out=str(tmp_path / "fg")))
+    dead_proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_proc.wait()
+    with sqlite3.connect(reg.path) as db:  # the first `distillery run` was killed: its process is gone
+        db.execute("UPDATE runs SET worker_id = ? WHERE id = ?", (first.worker_id.rsplit(":", 1)[0] + f":{dead_proc.pid}", first.id))
+    again = reg.start_foreground(spec(out=str(tmp_path / "fg")))
+    assert again.out == first.out == str(tmp_path / "fg")
+    assert reg.get(first.id).status == "failed"
+    busy = reg.start_foreground(spec(out=str(tmp_path / "fg")))  # `again` is alive (this process): a new folder
+    assert busy.out == str(reg.home / "runs" / busy.id)
