@@ -142,77 +142,17 @@ def eval_cmd(args: tuple[str, ...], model: str | None, adapter: str | None, as_j
 def run_cmd(args: tuple[str, ...]) -> None:
     """Label, train, evaluate and report in one command (re-run to resume): [SPEC.yaml] [key=value ...]."""
     from .report import render_markdown
-    from .runner import run
+    from .worker import run_foreground
 
     spec = _spec(args)
-    record, registry = _record_foreground(spec)
     bar = _bar()
     try:
-        report = run(spec, progress=_track(bar, registry, record), on_stage=_stages(registry, record))
-    except BaseException as err:
+        record, report = run_foreground(spec, {"source": "cli", "user": os.environ.get("USER")}, progress=bar)
+    finally:
         bar.close()
-        _finish_foreground(registry, record, err)
-        raise
-    bar.close()
-    _finish_foreground(registry, record, None, report)
     click.echo(render_markdown(report))
+    click.echo(f"run:    {record.id} (distillery status {record.id})")
     click.echo(f"report: {report['paths']['report_md']}\nchart:  {report['paths']['report_png']}")
-
-
-def _record_foreground(spec):
-    """Record this foreground run in the registry (best effort: a broken registry never stops the job)."""
-    try:
-        from .registry import Registry
-
-        registry = Registry()
-        record = registry.start_foreground(spec, {"source": "cli", "user": os.environ.get("USER")})
-        return record, registry
-    except (ImportError, AttributeError):
-        return None, None
-
-
-def _track(bar, registry, record):
-    if registry is None or record is None:
-        return bar
-
-    def call(p):
-        bar(p)
-        try:
-            registry.update_progress(record.id, p)
-        except Exception:  # progress bookkeeping must never break the job
-            pass
-
-    return call
-
-
-def _stages(registry, record):
-    def call(stage, event, data):
-        if registry is None or record is None:
-            return
-        try:
-            registry.add_event(record.id, f"stage_{event}", stage, data)
-            if event == "started" and stage in ("labelling", "training", "evaluating"):
-                registry.set_status(record.id, stage)
-        except Exception:
-            pass
-
-    return call
-
-
-def _finish_foreground(registry, record, err, report=None):
-    if registry is None or record is None:
-        return
-    from .errors import Cancelled
-
-    try:
-        if err is None:
-            registry.finish(record.id, report)
-        elif isinstance(err, (Cancelled, KeyboardInterrupt)):
-            registry.mark_cancelled(record.id)
-        else:
-            registry.fail(record.id, str(err) if isinstance(err, DistilleryError) else f"internal error: {type(err).__name__}")
-    except Exception:
-        pass
 
 
 def _add_run_commands() -> None:
