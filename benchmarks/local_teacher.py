@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200)
     parser.add_argument("--shots", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--naive-rows", type=int, default=8, help="rows for the slow naive baseline (0: skip)")
     args = parser.parse_args()
 
@@ -66,6 +67,8 @@ def main() -> None:
     from pipeline.scoring import encode_prompt, score_options
 
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)  # on a shared machine one thread avoids waiting on descheduled peers
     model, tokenizer = load_model(args.model, args.device)
     prompts, golds = build_prompts(args.rows, args.shots)
     options = [[" " + label for label in LABELS]] * len(prompts)
@@ -93,7 +96,7 @@ def main() -> None:
 
     cached = results["prefix cache"][2]
     print(f"model {args.model} on {args.device}, {len(prompts)} SST-2 rows, {args.shots}-shot plain prompt, "
-          f"{n_tokens:.0f} prompt tokens per row, batch {args.batch_size}\n")
+          f"{n_tokens:.0f} prompt tokens per row, batch {args.batch_size}, {torch.get_num_threads()} threads\n")
     print(f"{'method':<14} {'rows':>5} {'seconds':>8} {'rows/s':>8} {'cache is':>9} {'accuracy':>9} {'same labels':>12} {'max |diff|':>11}")
     base_rate = results["prefix cache"][0] / results["prefix cache"][1]
     for name, (n, secs, scores) in results.items():

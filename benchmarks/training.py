@@ -7,12 +7,14 @@ Both trainers run in their own subprocess (one after the other, so they never sh
 records: the student's zero-shot prompt (pipeline.tasks.student_messages) with the gold label as the assistant
 turn, unless --labels gives a labels.jsonl. Same model, LoRA (r=16, alpha=32, dropout 0.05, all linear layers),
 batch size, steps, learning rate, cosine schedule without warmup, gradient clipping, sequence length, seed;
-loss on the completion only in both.
+loss on the completion only in both; gradient checkpointing off in both unless --gradient-checkpointing (trl
+turns it on by default: compare like with like).
 
 Reported per trainer: tokens/s over steps 2..N (the same token count, rows x epochs in our encoding, timed from
 the end of step 1 to the end of step N by a progress callback in both), the same per CPU-second of the process
 (robust when other work shares the CPU), peak resident memory of its process (VmHWM), final training loss
-(mean of the last 5 steps), the loop's own seconds and the whole subprocess wall time.
+(the trained model's mean loss per target token on the training rows, dropout off, computed the same way for
+both), the mean of the last 5 logged step losses, the loop's own seconds and the whole subprocess wall time.
 Targets: tokens/s ratio >= 2, our peak memory no higher, final losses within 5 %.
 """
 
@@ -71,6 +73,25 @@ def token_count(model: str, labels: Path, max_seq_len: int) -> int:
     return sum(r.length for r in encode_records(records, tok, render_chat, True, max_seq_len))
 
 
+def target_loss(model, tok, args) -> float:
+    """Mean loss per target token (label + end of turn) of a trained model on the training rows, dropout off:
+    the same definition for both trainers (their logged losses cover different token sets)."""
+    import torch
+
+    from pipeline.batching import collate, encode_records, supervised_loss
+    from pipeline.models import render_chat
+
+    records = [json.loads(line) for line in Path(args.labels_file).read_text().splitlines() if line.strip()]
+    rows = encode_records(records, tok, render_chat, True, args.max_seq_len)
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(rows), SETTINGS["batch_size"]):
+            loss_sum, n = supervised_loss(model, collate(rows[i:i + SETTINGS["batch_size"]], tok.pad_token_id))
+            total, count = total + float(loss_sum), count + n
+    return total / count
+
+
 def run_ours(args) -> dict:
     from pipeline.spec import RunSpec
     from pipeline.training import train
@@ -80,10 +101,15 @@ def run_ours(args) -> dict:
     (out / "labels.jsonl").write_text(Path(args.labels_file).read_text())
     spec = RunSpec.model_validate({"student": {"model": args.model, "device": "cpu", "method": "lora", "lora": LORA},
                                    "train": {**SETTINGS, "max_steps": args.steps, "max_seq_len": args.max_seq_len,
-                                             "checkpoint_every": 10_000}, "out": str(out)})
+                                             "checkpoint_every": 10_000, "gradient_checkpointing": args.gradient_checkpointing},
+                                   "out": str(out)})
     marks: list[tuple[int, float, float]] = []
     summary = train(spec, progress=lambda p: marks.append((p.done, time.perf_counter(), time.process_time())))
-    return {"seconds": summary.seconds, "losses": [h["loss"] for h in summary.loss_history], "marks": marks}
+    from pipeline.training import load_student
+
+    model, tok = load_student(spec)
+    return {"seconds": summary.seconds, "losses": [h["loss"] for h in summary.loss_history], "marks": marks,
+            "final_loss": target_loss(model, tok, args)}
 
 
 def run_trl(args) -> dict:
@@ -102,7 +128,8 @@ def run_trl(args) -> dict:
                        per_device_train_batch_size=SETTINGS["batch_size"], gradient_accumulation_steps=SETTINGS["grad_accum"],
                        max_steps=args.steps, learning_rate=SETTINGS["learning_rate"], lr_scheduler_type="cosine",
                        warmup_steps=0, weight_decay=SETTINGS["weight_decay"], max_length=args.max_seq_len,
-                       logging_steps=1, save_strategy="no", seed=SETTINGS["seed"], max_grad_norm=1.0, bf16=False)
+                       logging_steps=1, save_strategy="no", seed=SETTINGS["seed"], max_grad_norm=1.0, bf16=False,
+                       gradient_checkpointing=args.gradient_checkpointing)
     lora = LoraConfig(r=LORA["rank"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                       target_modules=LORA["target_modules"], task_type="CAUSAL_LM")
     from transformers import TrainerCallback
@@ -116,7 +143,8 @@ def run_trl(args) -> dict:
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tok, peft_config=lora, callbacks=[Marks()])
     result = trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"seconds": result.metrics["train_runtime"], "losses": losses, "marks": marks}
+    return {"seconds": result.metrics["train_runtime"], "losses": losses, "marks": marks,
+            "final_loss": target_loss(trainer.model, tok, args)}
 
 
 def worker(args) -> None:
@@ -129,6 +157,7 @@ def worker(args) -> None:
 def launch(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, "--work", args.work, "--labels-file", args.labels_file,
            "--model", args.model, "--steps", str(args.steps), "--max-seq-len", str(args.max_seq_len)]
+    cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -146,6 +175,7 @@ def main() -> None:
     ap.add_argument("--max-seq-len", type=int, default=256)
     ap.add_argument("--work", default=None, help="scratch folder (default: a temp folder)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="turn it on in both trainers (trl's default is on)")
     ap.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--labels-file", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -175,20 +205,21 @@ def main() -> None:
         window = tokens * (s1 - s0) / args.steps
         r["tokens_per_second"] = window / (w1 - w0)
         r["tokens_per_cpu_second"] = window / (c1 - c0)
-        r["final_loss"] = sum(r["losses"][-5:]) / len(r["losses"][-5:])
+        r["logged_loss"] = sum(r["losses"][-5:]) / len(r["losses"][-5:])  # as each trainer logs it (trl counts "\n" too)
     ours, trl = results["ours"], results["trl"]
     summary = {
         "model": args.model, "rows": rows, "steps": args.steps, "epochs": epochs, "tokens": tokens, "max_seq_len": args.max_seq_len,
+        "gradient_checkpointing": args.gradient_checkpointing,
         "ours": ours, "trl": trl,
         "speedup": ours["tokens_per_second"] / trl["tokens_per_second"],
         "cpu_speedup": ours["tokens_per_cpu_second"] / trl["tokens_per_cpu_second"],
         "memory_ratio": ours["peak_rss_mb"] / trl["peak_rss_mb"],
         "loss_diff_pct": 100 * abs(ours["final_loss"] - trl["final_loss"]) / trl["final_loss"],
     }
-    print(f"{'trainer':8} {'tokens/s':>9} {'tok/cpu-s':>9} {'peak MB':>8} {'final loss':>10} {'loop s':>7} {'wall s':>7}")
+    print(f"{'trainer':8} {'tokens/s':>9} {'tok/cpu-s':>9} {'peak MB':>8} {'final loss':>10} {'logged':>7} {'loop s':>7} {'wall s':>7}")
     for name, r in results.items():
         print(f"{name:8} {r['tokens_per_second']:9.1f} {r['tokens_per_cpu_second']:9.1f} {r['peak_rss_mb']:8.0f} "
-              f"{r['final_loss']:10.4f} {r['seconds']:7.1f} {r['wall_s']:7.1f}")
+              f"{r['final_loss']:10.4f} {r['logged_loss']:7.3f} {r['seconds']:7.1f} {r['wall_s']:7.1f}")
     print(f"speed-up x{summary['speedup']:.2f} wall, x{summary['cpu_speedup']:.2f} CPU time (target >= 2); memory ours/trl {summary['memory_ratio']:.2f} (target <= 1); "
           f"final loss difference {summary['loss_diff_pct']:.1f} % (target <= 5 %)")
     if not math.isfinite(summary["speedup"]):

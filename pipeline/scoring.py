@@ -210,6 +210,8 @@ def score_options(model, tokenizer, prompts: list[str], options: list[list[str]]
     # 3. batched forwards over suffixes; the head only where the next token is scored
     for start in range(0, len(order), batch_size):
         chunk = [jobs[j] for j in order[start:start + batch_size]]
+        if not any(opt_ids[r][kk] for r, k, _, _ in chunk for kk in ([k] if k is not None else range(len(opt_ids[r])))):
+            continue  # only empty options here: nothing to score
         width = max(len(seq) for _, _, seq, _ in chunk)
         ids = torch.tensor([seq + [pad] * (width - len(seq)) for _, _, seq, _ in chunk], device=lm.device)
         batch_cache, positions = None, None

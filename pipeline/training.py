@@ -110,6 +110,8 @@ def _load_for_training(spec, device: str):
         model, tokenizer = _load_4bit(resolve_model(spec.student.model))
     else:
         model, tokenizer = load_model(spec.student.model, device=device, dtype=spec.student.dtype, for_training=True)
+    if spec.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if method == "full":
         model.requires_grad_(True)
         return model, tokenizer

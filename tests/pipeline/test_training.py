@@ -300,3 +300,13 @@ def render_chat_for_tests():
     from pipeline.models import render_chat
 
     return render_chat
+
+
+def test_gradient_checkpointing_gives_the_same_training(tmp_path, tiny_model):
+    from pipeline.training import train
+
+    rows = records(16)
+    plain = train(make_spec(tmp_path / "plain", tiny_model, rows, max_steps=4))
+    recomputed = train(make_spec(tmp_path / "gc", tiny_model, rows, max_steps=4, gradient_checkpointing=True))
+    assert [h["loss"] for h in recomputed.loss_history] == pytest.approx([h["loss"] for h in plain.loss_history], abs=1e-5)
+    assert recomputed.fingerprint != plain.fingerprint
