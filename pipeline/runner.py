@@ -28,7 +28,7 @@ def run(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bool
     from .evaluation import evaluate_run
     from .labelling import label
     from .report import build_report, write_report
-    from .training import _check_device as check_student, train
+    from .training import check_student, train
 
     def stage(name: str, event: str, data: dict | None = None) -> None:
         if on_stage:

@@ -30,7 +30,7 @@ from .checkpoints import latest_checkpoint, load_checkpoint, rng_state, save_che
 from .errors import Cancelled, TrainingError
 from .progress import ProgressFn, Tracker
 
-__all__ = ["TrainSummary", "train", "load_student", "read_labelled", "run_fingerprint", "write_model_card", "MAX_GRAD_NORM"]
+__all__ = ["TrainSummary", "train", "check_student", "load_student", "read_labelled", "run_fingerprint", "write_model_card", "MAX_GRAD_NORM"]
 
 MAX_GRAD_NORM = 1.0  # gradient clipping, as in most fine-tuning recipes
 
@@ -76,7 +76,8 @@ def run_fingerprint(spec, labels_path: Path) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _check_device(spec) -> str:
+def check_student(spec) -> str:
+    """The training device, or TrainingError for what cannot work here (QLoRA without CUDA, multi-process)."""
     from .models import pick_device
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would train the whole run and write the same files
@@ -206,8 +207,8 @@ def train(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
     out, cfg = spec.out_dir, spec.train
 
     # 1. check everything that can be checked before loading a model
+    device = check_student(spec)
     records = read_labelled(out)
-    device = _check_device(spec)
     fingerprint = run_fingerprint(spec, out / "labels.jsonl")
     done = _finished(out, fingerprint)
     if done is not None:
