@@ -248,8 +248,12 @@ def render_chat(tokenizer, messages: list[dict[str, str]], add_generation_prompt
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def render_plain(messages: list[dict[str, str]]) -> str:
-    """A plain few-shot prompt for base models; the answer follows "Answer:" (score options as " " + option)."""
+def render_plain(messages: list[dict[str, str]], cue: str = "Answer") -> str:
+    """A plain few-shot prompt for base models; the answer follows "<cue>:" (score options as " " + option).
+
+    The cue matters to a base model: on SST-2, Gemma 3 270M 8-shot scores 80.5 % after "Answer:" and 87.5 %
+    after "Sentiment:" (benchmarks/local_teacher.py); teacher.answer_cue sets it.
+    """
     parts: list[str] = []
     system = [m["content"] for m in messages if m["role"] == "system"]
     if system:
@@ -257,7 +261,7 @@ def render_plain(messages: list[dict[str, str]]) -> str:
     turns = [m for m in messages if m["role"] != "system"]
     for m in turns:
         if m["role"] == "user":
-            parts.append(f"{m['content']}\nAnswer:")
+            parts.append(f"{m['content']}\n{cue}:")
         else:
             parts.append(f" {m['content']}\n\n")
     return "".join(parts)

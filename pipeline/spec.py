@@ -87,6 +87,7 @@ class TeacherSpec(_Strict):
     batch_size: int = Field(16, ge=1)  # local teacher: rows per forward pass
     device: str = "auto"  # local teacher: auto | cpu | cuda | mps
     prompt_format: Literal["auto", "chat", "plain"] = "auto"  # local teacher: plain few-shot text for base models
+    answer_cue: str = Field("Answer", min_length=1)  # plain format: the word before each answer ("Sentiment" for SST-2)
 
 
 class LoraSpec(_Strict):
@@ -162,7 +163,7 @@ def default_spec_dict() -> dict[str, Any]:
         "task": "classification",
         "labels": ["negative", "positive"],
         "dataset": {"train": "sst2/train.jsonl", "test": "sst2/test.jsonl"},
-        "teacher": {"provider": "local", "model": DEFAULT_MODEL, "few_shot": 8},
+        "teacher": {"provider": "local", "model": DEFAULT_MODEL, "few_shot": 8, "answer_cue": "Sentiment"},
         "student": {"model": DEFAULT_MODEL, "method": "lora"},
         "out": "runs/sst2-default",
     }

@@ -51,7 +51,7 @@ class LocalTeacher(Teacher):
     def _render(self, tokenizer, messages: list[dict[str, str]], fmt: str) -> str:
         from ..models import render_chat, render_plain
 
-        return render_plain(messages) if fmt == "plain" else render_chat(tokenizer, messages)
+        return render_plain(messages, self.spec.answer_cue) if fmt == "plain" else render_chat(tokenizer, messages)
 
     async def answer(self, request: TeacherRequest) -> TeacherAnswer:
         return (await self.answer_batch([request]))[0]
