@@ -17,6 +17,7 @@ from contextlib import closing
 from pathlib import Path
 
 from pipeline.home import distillery_home
+from pipeline.migrations import apply_migrations
 
 __all__ = ["History"]
 
@@ -39,12 +40,7 @@ class History:
         self.path = Path(home or distillery_home()) / "conversations.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as db, db:
-            db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL)")
-            done = {r[0] for r in db.execute("SELECT name FROM migrations")}
-            for name, fn in MIGRATIONS:
-                if name not in done:
-                    fn(db)
-                    db.execute("INSERT INTO migrations VALUES (?, ?)", (name, time.time()))
+            apply_migrations(db, MIGRATIONS)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.home import distillery_home
+from pipeline.migrations import apply_migrations
 
 __all__ = ["SlackStore"]
 
@@ -51,13 +52,8 @@ class SlackStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
-            done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
-            for migration in MIGRATIONS:
-                if migration.__name__ not in done:
-                    with db:
-                        migration(db)
-                        db.execute("INSERT INTO _migrations VALUES (?, ?)", (migration.__name__, time.time()))
+            with db:
+                apply_migrations(db, [(m.__name__, m) for m in MIGRATIONS], table="_migrations")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)

@@ -31,6 +31,7 @@ from typing import Any
 
 from .errors import RunError
 from .home import distillery_home
+from .migrations import apply_migrations
 from .progress import Progress
 
 __all__ = ["Registry", "RunRecord", "Event", "STATUSES", "RUNNING", "FINISHED", "MIGRATIONS"]
@@ -210,15 +211,7 @@ class Registry:
     def migrate(self) -> list[str]:
         """Apply the migrations this database lacks; returns their names."""
         with self._write() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
-            done = {r[0] for r in db.execute("SELECT name FROM migrations")}
-            applied = []
-            for name, fn in MIGRATIONS:
-                if name not in done:
-                    fn(db)
-                    db.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (name, time.time()))
-                    applied.append(name)
-        return applied
+            return apply_migrations(db, MIGRATIONS)
 
     def applied_migrations(self) -> list[str]:
         with self._connect() as db:

@@ -23,6 +23,7 @@ from typing import Any
 
 from pipeline.errors import DistilleryError
 from pipeline.home import distillery_home
+from pipeline.migrations import apply_migrations
 
 __all__ = ["Plan", "PlanStore", "PlanError", "PLAN_ID"]
 
@@ -72,12 +73,7 @@ class PlanStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.ttl_s = ttl_s
         with closing(self._connect()) as db, db:
-            db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL)")
-            done = {r[0] for r in db.execute("SELECT name FROM migrations")}
-            for name, fn in MIGRATIONS:
-                if name not in done:
-                    fn(db)
-                    db.execute("INSERT INTO migrations VALUES (?, ?)", (name, time.time()))
+            apply_migrations(db, MIGRATIONS)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30)

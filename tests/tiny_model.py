@@ -9,14 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{% if message['role'] == 'system' %}<start_of_turn>user\n{{ message['content'] }}\n\n"
-    "{% elif message['role'] == 'user' %}{% if loop.index0 == 0 or messages[loop.index0 - 1]['role'] != 'system' %}<start_of_turn>user\n{% endif %}"
-    "{{ message['content'] }}<end_of_turn>\n"
-    "{% else %}<start_of_turn>model\n{{ message['content'] }}<end_of_turn>\n{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-)
+from pipeline.models import GEMMA_CHAT_TEMPLATE as CHAT_TEMPLATE  # the template Distillery gives Gemma
 
 _CORPUS = """the movie was good and the acting was great positive
 a dull boring film with bad acting negative
