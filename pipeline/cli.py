@@ -169,8 +169,19 @@ def _add_run_commands() -> None:
 _add_run_commands()
 
 
+def _quiet_libraries() -> None:
+    """Our own bar shows progress: no per-file loading bars or deprecation chatter from the libraries."""
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*is deprecated.*", category=DeprecationWarning)
+
+
 def run_cli(group: click.Group, argv: list[str] | None = None) -> int:
     """The error boundary of every front door: sentences for our errors, no tracebacks."""
+    _quiet_libraries()
     try:
         group.main(args=argv, prog_name="distillery", standalone_mode=False)
         return 0
