@@ -310,3 +310,36 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path, tiny_model):
     recomputed = train(make_spec(tmp_path / "gc", tiny_model, rows, max_steps=4, gradient_checkpointing=True))
     assert [h["loss"] for h in recomputed.loss_history] == pytest.approx([h["loss"] for h in plain.loss_history], abs=1e-5)
     assert recomputed.fingerprint != plain.fingerprint
+
+
+@pytest.mark.gemma
+def test_logits_only_loss_and_gradients_match_the_reference_on_gemma(gemma_path):
+    """On the real Gemma + LoRA, loss and gradients equal transformers' own loss over the same target tokens."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from pipeline.batching import collate, encode_records, supervised_loss
+    from pipeline.models import load_model, render_chat
+
+    model, tok = load_model(str(gemma_path), device="cpu", dtype="float32", for_training=True)
+    torch.manual_seed(0)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
+    for name, p in peft.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.01)  # non-zero B so both LoRA factors get gradients
+    records = [{"messages": [{"role": "system", "content": "Classify the text as negative or positive."},
+                             {"role": "user", "content": f"Text: {text}"}, {"role": "assistant", "content": label}], "label": label}
+               for text, label in (("a warm, funny film", "positive"), ("dull and far too long", "negative"))]
+    batch = collate(encode_records(records, tok, render_chat, True, 128), tok.pad_token_id)
+    loss_sum, n = supervised_loss(peft, batch)
+    (loss_sum / n).backward()
+    ours = {k: p.grad.clone() for k, p in peft.named_parameters() if p.requires_grad}
+    peft.zero_grad()
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[batch["rows"], batch["positions"] + 1] = batch["targets"]
+    reference = peft(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
+    reference.loss.backward()
+    assert float(loss_sum / n) == pytest.approx(float(reference.loss), rel=1e-5)
+    diff = sum(float((ours[k] - p.grad).norm() ** 2) for k, p in peft.named_parameters() if p.requires_grad) ** 0.5
+    norm = sum(float(p.grad.norm() ** 2) for _, p in peft.named_parameters() if p.requires_grad) ** 0.5
+    assert norm > 0 and diff / norm < 1e-4
