@@ -156,7 +156,7 @@ def worker(args) -> None:
 
 def launch(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, "--work", args.work, "--labels-file", args.labels_file,
-           "--model", args.model, "--steps", str(args.steps), "--max-seq-len", str(args.max_seq_len)]
+           "--model", args.model, "--steps", str(args.steps), "--max-seq-len", str(args.max_seq_len), "--seed", str(args.seed)]
     cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -176,9 +176,11 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="scratch folder (default: a temp folder)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--gradient-checkpointing", action="store_true", help="turn it on in both trainers (trl's default is on)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of both trainers (data order, LoRA init); at small sizes the final loss depends on it")
     ap.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--labels-file", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    SETTINGS["seed"] = args.seed
     if args.worker:
         return worker(args)
 
