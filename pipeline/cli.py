@@ -48,6 +48,15 @@ def _bar():
     return TerminalBar()
 
 
+def _with_bar(stage_fn, *args, **kwargs):
+    """Run a stage with a terminal progress bar that is closed whatever happens."""
+    bar = _bar()
+    try:
+        return stage_fn(*args, progress=bar, **kwargs)
+    finally:
+        bar.close()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Distillery: a large teacher labels your data, a small student learns from it, the report says how much."""
@@ -71,19 +80,13 @@ def label_cmd(args: tuple[str, ...], estimate: bool) -> None:
     spec = resolve_spec(_spec(args))
     if estimate:
         e = estimate_fn(spec)
-        d = e if isinstance(e, dict) else vars(e)
-        click.echo(f"rows: {d.get('rows')}  requests to send: {d.get('requests')}  answers already cached: {d.get('cached', 0)}")
-        click.echo(f"estimated tokens: {d.get('prompt_tokens'):,} prompt + {d.get('completion_tokens'):,} completion")
-        click.echo(f"estimated cost: ${d.get('cost_usd', 0.0):.4f} (teacher.price_per_mtok input={spec.teacher.price_per_mtok.input}, output={spec.teacher.price_per_mtok.output})")
+        click.echo(f"rows: {e.rows}  requests to send: {e.requests}  answers already cached: {e.cached}")
+        click.echo(f"estimated tokens: {e.prompt_tokens:,} prompt + {e.completion_tokens:,} completion")
+        click.echo(f"estimated cost: ${e.cost_usd:.4f} (teacher.price_per_mtok input={spec.teacher.price_per_mtok.input}, output={spec.teacher.price_per_mtok.output})")
         return
-    bar = _bar()
-    try:
-        summary = label(spec, progress=bar)
-    finally:
-        bar.close()
-    d = summary if isinstance(summary, dict) else vars(summary)
+    summary = _with_bar(label, spec)
     out = Path(spec.out)
-    click.echo(f"accepted {d.get('accepted')} of {d.get('requested')} rows; rejected {d.get('rejected')}; cost ${d.get('cost_usd', 0.0):.4f}")
+    click.echo(f"accepted {summary.accepted} of {summary.requested} rows; rejected {summary.rejected}; cost ${summary.cost_usd:.4f}")
     click.echo(f"labels:   {out / 'labels.jsonl'}")
     click.echo(f"rejected: {out / 'rejected.jsonl'}")
 
@@ -97,13 +100,8 @@ def train_cmd(args: tuple[str, ...], merge: bool) -> None:
     from .training import train
 
     spec = resolve_spec(_spec(args + (("train.merge=true",) if merge else ())))
-    bar = _bar()
-    try:
-        summary = train(spec, progress=bar)
-    finally:
-        bar.close()
-    d = summary if isinstance(summary, dict) else vars(summary)
-    click.echo(f"trained {d.get('steps')} steps on {d.get('examples')} examples; final loss {d.get('final_loss')}")
+    summary = _with_bar(train, spec)
+    click.echo(f"trained {summary.steps} steps on {summary.examples} examples; final loss {summary.final_loss}")
     click.echo(f"adapter: {Path(spec.out) / 'student'}")
 
 

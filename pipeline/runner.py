@@ -28,7 +28,7 @@ def run(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bool
     from .evaluation import evaluate_run
     from .labelling import label
     from .report import build_report, write_report
-    from .training import check_student, train
+    from .training import check_student, train, write_model_card
 
     def stage(name: str, event: str, data: dict | None = None) -> None:
         if on_stage:
@@ -62,7 +62,7 @@ def run(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bool
     stage("reporting", "started")
     report = build_report(spec, labelling, training, evaluation)
     write_report(spec, report, training.get("loss_history") or [])
-    _refresh_model_card(spec)
+    write_model_card(spec)  # now with the scores
     stage("reporting", "finished", {"scores": report["scores"], "gap_closed": report["gap_closed"]})
     return report
 
@@ -77,12 +77,3 @@ def _as_dict(obj: Any) -> dict[str, Any]:
     from dataclasses import asdict, is_dataclass
 
     return asdict(obj) if is_dataclass(obj) else dict(vars(obj))
-
-
-def _refresh_model_card(spec) -> None:
-    """Let the trainer rewrite the model card now that report.json has the scores (if it offers that)."""
-    try:
-        from .training import write_model_card
-    except ImportError:
-        return
-    write_model_card(spec)
