@@ -1,0 +1,156 @@
+"""Judging teacher answers: parse each answer, vote over self-consistency samples, filter, write the label files.
+
+    res = judge(task, example, labels, messages, answers, failures)   # one row -> TeacherResult
+    apply_filters(spec, task, results)                                # min_agreement, min_confidence, agree_with_gold
+    accepted, rejected = records(spec, task, results)                 # labels.jsonl / rejected.jsonl records
+    write_jsonl(out / "labels.jsonl", accepted)                       # temp file + rename
+
+Pure functions over answers already received (the sending engine, pipeline/sending.py, gets them); nothing here
+talks to a teacher. A row is rejected with one of REASONS; accepted rows carry label, rationale and confidence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .datasets import Example
+from .tasks import format_target, student_messages
+from .teachers import TeacherAnswer
+
+__all__ = ["TeacherResult", "judge", "judge_one", "apply_filters", "records", "write_jsonl", "same_label",
+           "FAILED", "CUT_OFF", "UNPARSEABLE", "AMBIGUOUS", "REASONS"]
+
+log = logging.getLogger(__name__)
+
+FAILED, CUT_OFF, UNPARSEABLE, AMBIGUOUS = "request failed after retries", "cut off by max_tokens", "unparseable", "ambiguous"
+REASONS = (FAILED, CUT_OFF, UNPARSEABLE, AMBIGUOUS, "filtered: ...")
+
+
+@dataclass
+class TeacherResult:
+    row: Any
+    messages: list[dict[str, str]]  # the teacher prompt
+    text: str | None = None  # the teacher's answer (the winning sample with self-consistency)
+    label: str | None = None  # parsed final answer; None when rejected before filters
+    rationale: str | None = None
+    confidence: float | None = None  # option probability (scored options) or vote share (self-consistency)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reason: str | None = None  # why the row is rejected, None when accepted
+    detail: str | None = None
+    example: Example | None = field(default=None, repr=False)
+
+
+Judged = tuple[str | None, str | None, float | None, str | None, str | None]  # label, rationale, confidence, reason, detail
+
+
+def judge_one(task, ex: Example, labels, ans: TeacherAnswer) -> Judged:
+    """(label, rationale, confidence, reason, detail) of one answer."""
+    if ans.option_probs:
+        best = max(ans.option_probs, key=ans.option_probs.get)
+        label = best if not ans.text else (task.parse(ans.text, ex, labels).label or best)
+        return label, None, float(ans.option_probs.get(label, 0.0)), None, None
+    if ans.finish_reason == "length":
+        return None, None, None, CUT_OFF, f"{ans.completion_tokens} completion tokens; raise teacher.params.max_tokens"
+    parsed = task.parse(ans.text, ex, labels)
+    if parsed.label is None:
+        reason = AMBIGUOUS if parsed.error == "ambiguous" else UNPARSEABLE
+        return None, parsed.rationale, None, reason, "empty answer" if parsed.error == "empty" else (ans.text or "")[:200]
+    return parsed.label, parsed.rationale, None, None, None
+
+
+def judge(task, ex: Example, labels, msgs, answers: list[TeacherAnswer | None], failures: list[Any]) -> TeacherResult:
+    """One row from its samples' answers (None where the request failed; failures[i].detail says why)."""
+    res = TeacherResult(row=ex.row, messages=msgs, example=ex)
+    res.prompt_tokens = sum(a.prompt_tokens for a in answers if a)
+    res.completion_tokens = sum(a.completion_tokens for a in answers if a)
+    judged: list[Judged] = []
+    for ans, fail in zip(answers, failures):
+        if ans is None:
+            judged.append((None, None, None, FAILED, fail.detail if fail else "no answer"))
+        else:
+            judged.append(judge_one(task, ex, labels, ans))
+    if len(answers) == 1:
+        res.label, res.rationale, res.confidence, res.reason, res.detail = judged[0]
+        res.text = answers[0].text if answers[0] else None
+        return res
+    votes = Counter(j[0] for j in judged if j[0] is not None)
+    if not votes:
+        reasons = Counter(j[3] for j in judged)
+        res.reason = reasons.most_common(1)[0][0]
+        res.detail = next(j[4] for j in judged if j[3] == res.reason)
+        res.text = next((a.text for a in answers if a), None)
+        return res
+    (top, count), *others = votes.most_common()
+    if others and others[0][1] == count:
+        res.reason, res.detail = AMBIGUOUS, f"self-consistency tie between {top} and {others[0][0]} ({count} votes each)"
+        return res
+    winner = next(i for i, j in enumerate(judged) if j[0] == top)
+    res.label, res.rationale = top, judged[winner][1]
+    res.text = answers[winner].text
+    res.confidence = count / len(answers)
+    return res
+
+
+def same_label(task, label: str | None, gold: str | None) -> bool:
+    """Whether a teacher label equals the gold label (numbers compared by value for math)."""
+    if label is None or gold is None:
+        return False
+    if task.name == "math":
+        from .metrics import normalize_number
+
+        return normalize_number(label) == normalize_number(gold)
+    return label == gold
+
+
+def apply_filters(spec, task, results: list[TeacherResult]) -> None:
+    """Reject accepted rows that fail min_agreement, min_confidence or agree_with_gold (in place)."""
+    t = spec.teacher
+    comparable = task.choice_based or task.name == "math"
+    if t.min_confidence is not None and any(r.reason is None and r.confidence is None for r in results):
+        log.warning("teacher.min_confidence applies only to rows with a confidence (scored options or self-consistency)")
+    for r in results:
+        if r.reason is not None:
+            continue
+        if t.self_consistency > 1 and r.confidence is not None and r.confidence < t.min_agreement:
+            r.reason, r.detail = "filtered: min_agreement", f"{r.confidence:.2f} of samples agree, below teacher.min_agreement={t.min_agreement}"
+        elif t.min_confidence is not None and r.confidence is not None and r.confidence < t.min_confidence:
+            r.reason, r.detail = "filtered: min_confidence", f"confidence {r.confidence:.2f} below teacher.min_confidence={t.min_confidence}"
+        elif t.agree_with_gold and comparable and r.example is not None and r.example.gold is not None and not same_label(task, r.label, r.example.gold):
+            r.reason, r.detail = "filtered: agree_with_gold", f"teacher said {r.label!r}, gold is {r.example.gold!r}"
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write records whole through a temp file and a rename (a reader never sees half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for rec in rows:
+            fh.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+    tmp.replace(path)
+
+
+def records(spec, task, results: list[TeacherResult]) -> tuple[list[dict], list[dict]]:
+    """(labels.jsonl records with the student's messages, rejected.jsonl records with reason and detail)."""
+    cot = spec.teacher.chain_of_thought
+    accepted, rejected = [], []
+    for r in results:
+        ex = r.example
+        if r.reason is None:
+            msgs = student_messages(task, ex, spec.labels, cot, spec.instructions)
+            msgs.append({"role": "assistant", "content": format_target(r.label, r.rationale, with_rationale=cot)})
+            rec = {"row": r.row, "messages": msgs, "label": r.label, "rationale": r.rationale, "confidence": r.confidence}
+            if ex.gold is not None:
+                rec["gold"] = ex.gold
+            rec["usage"] = {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens}
+            accepted.append(rec)
+        else:
+            rec = {"row": r.row, "reason": r.reason, "detail": r.detail, "text": r.text}
+            if ex.gold is not None:
+                rec["gold"] = ex.gold
+            rejected.append(rec)
+    return accepted, rejected
