@@ -114,6 +114,7 @@ def _plan_pairs(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("Teacher", f"`{_pick(summary, 'teacher', default='?')}`"),
         ("Student", f"`{_pick(summary, 'student', default='?')}`" + (f" ({method})" if method else "")),
         ("Rows to label", format_count(rows) if isinstance(rows, (int, float)) else "all"),
+        ("Test", str(summary.get("test") or "no test rows")),
         ("Teacher tokens (est.)", (format_count(tokens) + rough) if isinstance(tokens, (int, float)) else "unknown"),
         ("Teacher cost (est.)", (_money(cost) + rough) if isinstance(cost, (int, float)) else "unknown"),
         ("Hardware", hardware),

@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import DatasetError
 
-__all__ = ["Example", "BUNDLED_DIR", "resolve_path", "read_records", "detect_task", "load_examples", "to_examples"]
+__all__ = ["Example", "BUNDLED_DIR", "resolve_path", "read_records", "detect_task", "label_column", "text_column", "load_examples", "to_examples"]
 
 BUNDLED_DIR = Path(__file__).parent / "data"
 LETTERS = "ABCDEFGHIJ"
@@ -121,12 +121,12 @@ def _read_hub(source: str, split: str) -> list[dict[str, Any]]:
 # field detection -------------------------------------------------------------------------------------------
 
 _CANDIDATES = {
-    "text": ["text", "sentence", "review", "content", "input", "document", "dialogue", "article", "prompt"],
+    "text": ["text", "sentence", "review", "content", "input", "document", "dialogue", "article", "prompt", "question"],
     "premise": ["premise", "sentence1", "context"],
     "hypothesis": ["hypothesis", "sentence2"],
     "question": ["question", "ctx", "query", "problem", "goal"],
     "choices": ["choices", "endings", "options"],
-    "label": ["label", "answerKey", "answer_key", "gold", "target"],
+    "label": ["label", "answerKey", "answer_key", "gold", "target", "sentiment", "category", "class", "output", "answer"],
     "final": ["final", "final_answer"],
     "answer": ["answer", "solution"],
     "summary": ["summary", "highlights", "reference"],
@@ -141,6 +141,16 @@ def _field(rec: dict, canonical: str, mapping: dict[str, str]) -> str | None:
         if name in rec:
             return name
     return None
+
+
+def label_column(rec: dict[str, Any], mapping: dict[str, str] | None = None) -> str | None:
+    """The column holding the gold answer (label, sentiment, category, class, target, output, answer, ...)."""
+    return _field(rec, "label", mapping or {})
+
+
+def text_column(rec: dict[str, Any], mapping: dict[str, str] | None = None) -> str | None:
+    """The column holding the input text (text, sentence, review, content, input, prompt, question, ...)."""
+    return _field(rec, "text", mapping or {})
 
 
 def detect_task(rec: dict[str, Any], mapping: dict[str, str] | None = None) -> str:

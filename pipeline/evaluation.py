@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .datasets import Example, load_examples
+from .datasets import Example
 from .errors import EvaluationError
 from .progress import ProgressFn, Tracker
 from .tasks import get_task, student_messages
@@ -42,7 +42,9 @@ class EvalResult:
 
 
 def test_examples(spec) -> list[Example]:
-    examples = load_examples(spec, "test")
+    from .splits import test_rows
+
+    examples = test_rows(spec)  # dataset.test, else the rows held out of dataset.train
     task = get_task(spec.task)
     if task.metric_name is not None and not any(e.gold for e in examples):
         raise EvaluationError(f"test file '{spec.dataset.test}' has no gold labels; give a labelled test file (dataset.test=PATH).")

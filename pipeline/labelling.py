@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from .answers import AnswerStore, answer_key
-from .datasets import Example, load_examples
+from . import splits
+from .datasets import Example
 from .errors import LabellingError, SpecError
 from .judging import FAILED, REASONS, TeacherResult, apply_filters, judge, records, same_label, write_jsonl
 from .progress import ProgressFn, Tracker
@@ -88,28 +89,21 @@ class Estimate:
 # rows and demonstrations ---------------------------------------------------------------------------------
 
 
-def _fields_key(ex: Example) -> str:
-    return json.dumps(ex.fields, sort_keys=True, ensure_ascii=False, default=str)
-
-
 def choose_rows(spec) -> tuple[list[Example], list[Example]]:
     """(rows to label, demonstrations): demos have gold labels and are never labelled rows nor test rows."""
     spec = resolve_spec(spec)
-    everything = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"train_size": None})})
-    pool = load_examples(everything, "train")  # the same seeded order load_examples(spec, "train") slices
+    pool = splits.training_pool(spec)  # seeded order, held-out test rows removed (pipeline/splits.py)
     size = spec.dataset.train_size or len(pool)
     rows, rest = pool[:size], pool[size:]
     k = spec.teacher.few_shot
     if k == 0:
         return rows, []
-    test_keys: set[str] = set()
-    if spec.dataset.test:
-        test_keys = {_fields_key(e) for e in load_examples(spec, "test")}
+    test_keys = splits.test_keys(spec)
     order = random.Random(spec.dataset.seed + 1)
     rest, inside = list(rest), list(rows)
     order.shuffle(rest)
     order.shuffle(inside)
-    candidates = [e for e in rest + inside if e.gold and _fields_key(e) not in test_keys]
+    candidates = [e for e in rest + inside if e.gold and splits.fields_key(e) not in test_keys]
     demos = _balanced(candidates, k) if get_task(spec.task).choice_based and spec.task != "multiple_choice" else candidates[:k]
     if not demos:
         raise SpecError(f"teacher.few_shot={k} needs training rows with gold labels and this dataset has none; set teacher.few_shot=0.")

@@ -46,7 +46,8 @@ class DatasetSpec(_Strict):
     train: str | None = None  # local JSONL/CSV/Parquet file, or a Hugging Face hub id ("glue:sst2" style is hub_id:config)
     test: str | None = None  # same forms as train; never labelled for training nor trained on
     train_size: int | None = Field(None, ge=1)  # first N rows after a seeded shuffle (None: all)
-    test_size: int | None = Field(None, ge=1)
+    test_size: int | None = Field(None, ge=1)  # test rows (with no test file: the rows held out, see pipeline/splits.py)
+    test_share: float = Field(0.10, gt=0.0, lt=1.0)  # no test file: share of the train file held out (50-500 rows)
     seed: int = 0  # shuffle seed for train_size/test_size and few-shot demonstrations
     fields: dict[str, str] | None = None  # canonical name -> column, e.g. {text: review, label: stars}
     train_split: str = "train"  # hub datasets only

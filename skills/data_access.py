@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.datasets import BUNDLED_DIR, detect_task, read_records
+from pipeline.datasets import BUNDLED_DIR, detect_task, label_column, read_records
 from pipeline.errors import DatasetError
 
 __all__ = ["DatasetInfo", "data_folders", "confine", "list_datasets", "find_dataset", "describe_dataset"]
@@ -162,7 +162,7 @@ def describe_dataset(name: str, samples: int = 3) -> dict[str, Any]:
         task = detect_task(first)
     except DatasetError:
         task = None
-    label_col = next((c for c in ("label", "answerKey", "answer_key", "gold", "target") if c in first), None)
+    label_col = label_column(first)
     labels = Counter(str(r.get(label_col)) for r in records) if label_col else None
     test_rows = len(read_records(info.test)) if info.test else None
     quoted = [{k: _quote(v) for k, v in rec.items() if k not in ("row", "id")} for rec in records[:samples]]

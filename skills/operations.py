@@ -16,9 +16,10 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from pipeline.datasets import detect_task, read_records
+from pipeline.datasets import detect_task, label_column, read_records
 from pipeline.errors import DistilleryError, ModelError, RunError, TeacherError
 from pipeline.registry import Registry, RunRecord
+from pipeline.splits import split_info
 from pipeline.spec import TASKS, apply_overrides, validate_spec
 
 from .catalog import CATALOG, ModelEntry, best_method, can_train, detect_hardware, find_model, local_model_params_b, resolve_models
@@ -142,7 +143,7 @@ def _labels_for(name: str, records: list[dict], task: str) -> tuple[list[str] | 
     for key, labels in KNOWN_LABELS.items():
         if key in name.lower():
             return labels, None
-    col = next((c for c in ("label", "gold", "target") if c in records[0]), None)
+    col = label_column(records[0])
     if col is None:
         return None, None
     values = sorted({str(r.get(col)) for r in records if r.get(col) not in (None, "")})
@@ -210,6 +211,9 @@ def plan_distillation(dataset: str, student: str | None = None, teacher: str | N
     }
     spec = validate_spec(apply_overrides(data, _parse_overrides(overrides)))
     method = spec.student.method
+    test = split_info(spec)  # dataset.test, else rows held out of the training file (pipeline/splits.py)
+    if test["source"] == "held_out" and rows > len(records) - test["rows"]:
+        rows = spec.dataset.train_size = len(records) - test["rows"]  # the held-out rows are never labelled
     # 4. estimate, hardware, notes
     est = _estimate(spec)
     runnable, why = can_train(student_entry, method, hw) if student_entry.params_b else (True, "local student; size unknown")
@@ -221,10 +225,11 @@ def plan_distillation(dataset: str, student: str | None = None, teacher: str | N
         notes.append(f"{key_env} is not set here; the worker that runs this plan needs it (export {key_env}=...).")
     if spec.teacher.provider == "azure" and not spec.teacher.base_url:
         notes.append("the azure teacher needs its endpoint: add teacher.base_url=https://<resource>.services.ai.azure.com/models (or set AZURE_AI_ENDPOINT).")
-    if not info.test:
-        notes.append("no test file was found next to the data, so the report will have no before/after scores.")
-    if rows < len(records) and not (overrides and "train_size" in str(overrides)):
-        notes.append(f"labels {rows} of {len(records)} rows; ask for more rows if you want them.")
+    if test["source"] == "none":
+        notes.append(test["text"] + ".")
+    trainable = len(records) - (test["rows"] if test["source"] == "held_out" else 0)
+    if rows < trainable and not (overrides and "train_size" in str(overrides)):
+        notes.append(f"labels {rows} of {trainable} rows; ask for more rows if you want them.")
     alternatives = []
     if not runnable:
         need = student_entry.memory_gb(method if hw.gpu else "qlora")
@@ -233,7 +238,7 @@ def plan_distillation(dataset: str, student: str | None = None, teacher: str | N
     summary = {
         "dataset": info.name, "task": task, "labels": labels, "teacher": teacher_name, "student": student_entry.id,
         "student_params_b": student_entry.params_b, "method": method, "rows": rows,
-        "estimate": est, "hardware_needed": f"~{student_entry.memory_gb(method):g} GB for {method}" if student_entry.params_b else "small",
+        "test": test["text"], "test_rows": test["rows"], "estimate": est, "hardware_needed": f"~{student_entry.memory_gb(method):g} GB for {method}" if student_entry.params_b else "small",
         "hardware_here": hw.describe(), "runnable": runnable, "why": why, "alternatives": alternatives,
         "expected_minutes": _expected_minutes(student_entry, rows, spec.train.epochs, hw.gpu), "notes": notes,
     }
@@ -294,7 +299,7 @@ def plan_text(plan: Plan) -> str:
     s, est = plan.summary, plan.summary.get("estimate", {})
     lines = [
         f"Plan {plan.id} ({plan.status}): distil {s['teacher']} into {s['student']} ({s['method']}) on {s['dataset']}, "
-        f"task {s['task']}, {s['rows']} rows.",
+        f"task {s['task']}, {s['rows']} rows; {s.get('test') or 'no test rows'}.",
         f"Teacher cost: ~{est.get('prompt_tokens', 0):,} prompt + {est.get('completion_tokens', 0):,} completion tokens, "
         f"about {_money(est.get('cost_usd', 0.0))}{' (rough)' if est.get('rough') else ''}.",
         f"Hardware: {s['hardware_needed']}; this deployment: {s['hardware_here']}. Expected time: ~{s['expected_minutes']} min.",

@@ -51,3 +51,24 @@ def test_catalog_teachers_name_their_key_variable_and_endpoint():
     notes = " ".join(plan.summary["notes"])
     assert "AZURE_AI_API_KEY is not set here" in notes and "teacher.base_url=" in notes
     assert ops.plan_distillation("sst2", "gemma-3-270m", "gpt-4o", rows=4).spec["teacher"]["api_key_env"] == "OPENAI_API_KEY"
+
+
+def test_a_dataset_without_a_test_file_plans_held_out_test_rows(tmp_path, monkeypatch):
+    import csv
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with (data / "movie_reviews.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["review", "sentiment"])
+        for i in range(96):
+            w.writerow([f"film {i} was {'great' if i % 2 else 'dull'}", "positive" if i % 2 else "negative"])
+    monkeypatch.setenv("DISTILLERY_DATA_DIRS", str(data))
+    plan = ops.plan_distillation("movie_reviews", "gemma-3-270m", None)
+    assert plan.spec["dataset"]["test"] is None and plan.spec["labels"] == ["negative", "positive"]
+    assert plan.summary["test"] == "testing on 24 rows held out from movie_reviews.csv"
+    assert plan.summary["rows"] == 72 and plan.spec["dataset"]["train_size"] == 72  # the held-out rows are never labelled
+    assert "testing on 24 rows held out from movie_reviews.csv" in ops.plan_text(plan)
+    from bot.blocks import plan_card
+
+    assert "testing on 24 rows held out from movie_reviews.csv" in str(plan_card(plan.id, plan.summary)["blocks"])
