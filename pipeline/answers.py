@@ -11,12 +11,19 @@ the process being killed (kill -9) the moment put() returns. fsync (which only m
 loses power) is batched to at most once per `fsync_every_s` and done on close(): an fsync per answer costs
 milliseconds on many disks and would dominate fast labelling. A torn last line (a kill in the middle of a
 write) is dropped on open. Failures are never stored: only answers a teacher actually returned are.
+
+Read-only (`AnswerStore(path, read_only=True)`, what `estimate` uses): the file is read and never written, so a
+live run's half-written last line is ignored, not cut. Deleted under a writer: after each write (and on close)
+the store checks that `path` is still the file it writes to (device and inode); if the file or the whole run
+folder was deleted or replaced, it recreates it and writes every answer this process holds into it again, so a
+resume never pays twice for an answer that was already paid for.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -25,6 +32,8 @@ from typing import Any
 from .teachers.base import TeacherAnswer
 
 __all__ = ["AnswerStore", "answer_key"]
+
+log = logging.getLogger(__name__)
 
 
 def answer_key(provider: str, model: str, messages: list[dict[str, Any]], params: dict[str, Any], options: list[str] | None, sample: int) -> str:
@@ -36,25 +45,36 @@ def answer_key(provider: str, model: str, messages: list[dict[str, Any]], params
 class AnswerStore:
     """Answers by key, loaded from `path` on open; put() appends and flushes one line."""
 
-    def __init__(self, path: str | Path, fsync_every_s: float = 1.0):
+    def __init__(self, path: str | Path, fsync_every_s: float = 1.0, read_only: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
         self.fsync_every_s = fsync_every_s
         self._answers: dict[str, TeacherAnswer] = {}
+        self._lines: dict[str, str] = {}  # key -> its line as written, to write again if the file is deleted
+        self._fh = None
         self._load()
-        self._fh = self.path.open("a", encoding="utf-8")
+        if not read_only:
+            self._open()
         self._last_sync = time.monotonic()
 
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = self.path.open("a", encoding="utf-8")
+        st = os.fstat(self._fh.fileno())
+        self._identity = (st.st_dev, st.st_ino)
+
     def _load(self) -> None:
-        if not self.path.exists():
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
             return
-        data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1
-        if end < len(data):  # torn last line: cut it so the next append starts on a fresh line
+        if end < len(data) and not self.read_only:  # torn last line: cut it so the next append starts on a fresh line
             with self.path.open("r+b") as fh:
                 fh.truncate(end)
-        for line in data[:end].splitlines():
+        for raw in data[:end].split(b"\n"):  # "\n" only: U+2028 and friends are valid inside JSON strings
             try:
+                line = raw.decode("utf-8").removesuffix("\r")
                 rec = json.loads(line)
                 self._answers[rec["key"]] = TeacherAnswer(
                     text=rec.get("text") or "",
@@ -64,8 +84,39 @@ class AnswerStore:
                     option_probs=rec.get("option_probs"),
                     extra=rec.get("extra") or {},
                 )
-            except (ValueError, KeyError, TypeError):
+                self._lines[rec["key"]] = line
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # a damaged line is an answer we ask for again, never a crash
+
+    def _still_ours(self) -> bool:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == self._identity
+
+    def _reopen_if_gone(self) -> None:
+        """The file was deleted or replaced under us: recreate it with every answer we hold (kept ones first)."""
+        if self._still_ours():
+            return
+        log.warning("%s was deleted or replaced while answers were being written; writing the %d answers held here into it again",
+                    self.path, len(self._lines))
+        self._fh.close()
+        there: set[str] = set()
+        try:
+            for raw in self.path.read_bytes().split(b"\n"):
+                try:
+                    there.add(json.loads(raw)["key"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+        except FileNotFoundError:
+            pass
+        self._open()
+        if self._fh.tell() > 0:
+            self._fh.write("\n")  # whatever is there may end in a torn line
+        self._fh.writelines(line + "\n" for key, line in self._lines.items() if key not in there)
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -88,18 +139,24 @@ class AnswerStore:
             rec["option_probs"] = answer.option_probs
         if answer.extra:
             rec["extra"] = answer.extra
-        self._fh.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+        if self._fh is None:
+            raise RuntimeError(f"{self.path} was opened read-only; open it with read_only=False to add answers.")
+        line = json.dumps(rec, ensure_ascii=False, default=str)
+        self._fh.write(line + "\n")
         self._fh.flush()
         self._answers[key] = answer
+        self._lines[key] = line
+        self._reopen_if_gone()
         now = time.monotonic()
         if now - self._last_sync >= self.fsync_every_s:
             os.fsync(self._fh.fileno())
             self._last_sync = now
 
     def close(self) -> None:
-        if self._fh.closed:
+        if self._fh is None or self._fh.closed:
             return
         self._fh.flush()
+        self._reopen_if_gone()
         os.fsync(self._fh.fileno())
         self._fh.close()
 

@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DatasetError
+from .jsonl import jsonl_lines
 
 __all__ = ["Example", "BUNDLED_DIR", "resolve_path", "read_records", "detect_task", "label_column", "text_column", "load_examples", "to_examples"]
 
 BUNDLED_DIR = Path(__file__).parent / "data"
 LETTERS = "ABCDEFGHIJ"
+CSV_FIELD_LIMIT = 64 * 1024 * 1024  # characters per CSV field (csv's default, 131,072, is below one long document)
+_EXTRA = "\0extra"  # DictReader's key for fields beyond the header
 
 
 @dataclass
@@ -68,23 +71,53 @@ def read_records(source: str, split: str = "train") -> list[dict[str, Any]]:
         if suffix in (".jsonl", ".json"):
             records = _read_json(path)
         elif suffix in (".csv", ".tsv"):
-            with path.open(newline="", encoding="utf-8") as fh:
-                records = list(csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ","))
+            records = _read_csv(path, "\t" if suffix == ".tsv" else ",")
         elif suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            records = pq.read_table(path).to_pylist()
+            records = _read_parquet(path)
         else:
             raise DatasetError(f"dataset file '{path}' has an unknown format; use .jsonl, .csv, .tsv or .parquet.")
-    except (UnicodeDecodeError, OSError) as err:
-        raise DatasetError(f"dataset file '{path}' cannot be read ({type(err).__name__}); check it is a UTF-8 text file.") from None
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"dataset file '{path}' is not UTF-8 text (byte {err.start}); save it as UTF-8 (Excel: \"CSV UTF-8\").") from None
+    except OSError as err:
+        raise DatasetError(f"dataset file '{path}' cannot be read ({type(err).__name__}); check it exists and you may read it.") from None
     if not records:
         raise DatasetError(f"dataset file '{path}' has no rows; give a file with at least one record.")
     return records
 
 
+def _read_csv(path: Path, delimiter: str) -> list[dict[str, Any]]:
+    """Rows of a CSV/TSV file; a BOM (Excel's "CSV UTF-8") is dropped; a row longer than the header is an error."""
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    records = []
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh, delimiter=delimiter, restkey=_EXTRA)
+        try:
+            for rec in reader:
+                if _EXTRA in rec:
+                    header = len(reader.fieldnames or [])
+                    raise DatasetError(f"dataset file '{path}' row {len(records) + 1} has {header + len(rec[_EXTRA])} fields but the header "
+                                       f"has {header}; quote fields that contain '{delimiter}' or fix the header.")
+                records.append(rec)
+        except csv.Error as err:
+            if "field larger than field limit" in str(err):
+                raise DatasetError(f"dataset file '{path}' row {len(records) + 1} has a field longer than {CSV_FIELD_LIMIT:,} characters "
+                                   "(often an unclosed quote); check the quoting or shorten the field.") from None
+            raise DatasetError(f"dataset file '{path}' is not valid CSV near row {len(records) + 1} ({err}); fix or re-export it.") from None
+    return records
+
+
+def _read_parquet(path: Path) -> list[dict[str, Any]]:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except (pyarrow.ArrowException, ValueError):
+        raise DatasetError(f"dataset file '{path}' is not a readable Parquet file (corrupt or truncated); re-export it.") from None
+
+
 def _read_json(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:
             data = json.loads(text)
@@ -92,9 +125,7 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
             raise DatasetError(f"dataset file '{path}' is not valid JSON (line {err.lineno}); fix or re-export it.") from None
         return [r for r in data if isinstance(r, dict)]
     records = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, line in jsonl_lines(text):
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
@@ -249,7 +280,27 @@ def to_examples(records: list[dict[str, Any]], task: str, labels: list[str] | No
             if v is None or v == "" or v == []:
                 raise DatasetError(f"dataset '{source}' row {row} has an empty '{cols.get(c, c)}'; remove the row or fix the file.")
         out.append(Example(row=row, fields=fields, gold=gold))
+    if task in ("classification", "nli") and labels:
+        _check_golds(out, labels, source)
     return out
+
+
+def _check_golds(examples: list[Example], labels: list[str], source: str) -> None:
+    """Gold labels are the declared names (case aside) or refused: a gold outside `labels` is always scored wrong."""
+    by_case = {name.casefold(): name for name in labels}
+    unknown: dict[str, int] = {}
+    for ex in examples:
+        if ex.gold is None or ex.gold in labels:
+            continue
+        if ex.gold.casefold() in by_case:
+            ex.gold = by_case[ex.gold.casefold()]
+        else:
+            unknown[ex.gold] = unknown.get(ex.gold, 0) + 1
+    if unknown:
+        shown = ", ".join(f"{name[:40]!r} ({n} rows)" for name, n in list(unknown.items())[:8])
+        more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+        raise DatasetError(f"dataset '{source}' has gold labels that are not in labels {labels}: {shown}{more}; add them with "
+                           f"labels=[{','.join(labels + list(unknown)[:8])}] or fix those rows in the data.")
 
 
 def _shuffle_take(examples: list[Example], size: int | None, seed: int) -> list[Example]:

@@ -9,7 +9,7 @@ __all__ = ["distillery_home", "models_dir"]
 
 
 def distillery_home() -> Path:
-    home = Path(os.environ.get("DISTILLERY_HOME") or Path.home() / ".distillery").expanduser()
+    home = Path(os.environ.get("DISTILLERY_HOME") or Path.home() / ".distillery").expanduser().absolute()  # run folders stored absolute
     home.mkdir(parents=True, exist_ok=True)
     return home
 
@@ -17,6 +17,6 @@ def distillery_home() -> Path:
 def models_dir() -> Path:
     """Converted model checkpoints; DISTILLERY_MODELS overrides (tests share one conversion across homes)."""
     override = os.environ.get("DISTILLERY_MODELS")
-    path = Path(override).expanduser() if override else distillery_home() / "models"
+    path = Path(override).expanduser().absolute() if override else distillery_home() / "models"
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -286,7 +286,7 @@ def estimate(spec) -> Estimate:
     rows, demos = choose_rows(spec)
     per_row = _build_requests(spec, task, spec.labels, rows, demos)
     path = Path(spec.out) / ANSWERS_FILE
-    store = AnswerStore(path) if path.exists() else None
+    store = AnswerStore(path, read_only=True) if path.exists() else None  # a live run may be writing it
     todo: dict[str, tuple[Example, TeacherRequest]] = {}
     total = 0
     for ex, reqs in zip(rows, per_row):

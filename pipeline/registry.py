@@ -159,7 +159,7 @@ class Registry:
     """The SQLite run registry at `<home>/registry.db` (home: DISTILLERY_HOME by default)."""
 
     def __init__(self, home: Path | str | None = None, busy_timeout_s: float = 30.0):
-        self.home = Path(home) if home is not None else distillery_home()
+        self.home = Path(home).expanduser().absolute() if home is not None else distillery_home()
         self.home.mkdir(parents=True, exist_ok=True)
         self.path = self.home / "registry.db"
         self.busy_timeout_s = busy_timeout_s

@@ -222,6 +222,8 @@ def load_spec(path: str | Path | None = None, overrides: list[str] | None = None
             raise SpecError(f"spec file '{p}' does not exist; check the path or omit it to use the embedded default.")
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as err:
+            raise SpecError(f"spec file '{p}' is not UTF-8 text (byte {err.start}); save it as UTF-8 and try again.") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""

@@ -28,6 +28,7 @@ from typing import Any, Callable
 from .batching import collate, encode_records, epoch_batches, split_rows, supervised_loss
 from .checkpoints import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .errors import Cancelled, TrainingError
+from .jsonl import jsonl_lines
 from .progress import ProgressFn, Tracker
 
 __all__ = ["TrainSummary", "train", "check_student", "load_student", "read_labelled", "run_fingerprint", "write_model_card", "MAX_GRAD_NORM"]
@@ -57,11 +58,13 @@ def read_labelled(out: Path) -> list[dict[str, Any]]:
     path = out / "labels.jsonl"
     rows: list[dict[str, Any]] = []
     if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
+        for n, line in jsonl_lines(path.read_text(encoding="utf-8")):
+            try:
                 rec = json.loads(line)
-                if rec.get("messages") and rec["messages"][-1].get("role") == "assistant":
-                    rows.append(rec)
+            except ValueError:
+                raise TrainingError(f"{path} line {n} is not valid JSON; run `distillery label` again to rewrite it from the answer cache.") from None
+            if isinstance(rec, dict) and rec.get("messages") and rec["messages"][-1].get("role") == "assistant":
+                rows.append(rec)
     if not rows:
         raise TrainingError(f"no labelled rows in {path}; run `distillery label` first.")
     return rows
