@@ -29,6 +29,7 @@ import click
 
 from pipeline.errors import DistilleryError
 
+from . import commands
 from .blocks import CANCEL_ACTION, START_ACTION
 from .slack_flow import SlackFlow, redact
 from .slack_store import SlackStore
@@ -38,7 +39,6 @@ __all__ = ["SlackConfig", "SlackConfigError", "create_app", "build_web_app", "se
 
 log = logging.getLogger("distillery.slack")
 DISTILL_COMMAND = "/distill"
-GRAMMAR_WORDS = {"distill", "yes", "start", "status", "runs", "cancel", "report", "models", "datasets", "help"}
 
 
 class SlackConfigError(DistilleryError):
@@ -148,9 +148,7 @@ def create_app(config: SlackConfig | None = None, agent=None, registry=None, pla
 
     # -- /distill <dataset> into <student> -----------------------------------------------------------------
     async def on_command(command: dict, respond) -> None:
-        text = (command.get("text") or "").strip()
-        first = text.split(maxsplit=1)[0].lower() if text else "help"
-        text = text if first in GRAMMAR_WORDS else f"distill {text}"
+        text = commands.slash_text(command.get("text") or "")
         channel, user = command["channel_id"], command["user_id"]
         try:
             root = await flow.post(channel, None, f"<@{user}> asked: `{DISTILL_COMMAND} {command.get('text') or ''}`".strip())

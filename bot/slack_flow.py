@@ -22,17 +22,13 @@ from typing import Any
 
 from pipeline.errors import DistilleryError
 
-from . import blocks
+from . import blocks, commands
 
 __all__ = ["SlackFlow", "rewrite_followup", "is_start_request", "strip_mentions", "redact"]
 
 log = logging.getLogger("distillery.slack")
 
 _SECRET = re.compile(r"xox[a-z]-[A-Za-z0-9-]+|xapp-[A-Za-z0-9-]+|sk-[A-Za-z0-9_-]{8,}")
-_START = re.compile(r"^\s*(yes|y|yep|start|start it|go|go ahead|ok|okay|do it|run it|sure|confirm)\b[\s.!]*$", re.I)
-_CANCEL = re.compile(r"\b(cancel|stop|abort|kill)\b", re.I)
-_REPORT = re.compile(r"\b(report|results?|scores?|how did it (go|do))\b", re.I)
-_STATUS = re.compile(r"\b(status|progress|how('s| is) it going|going|eta|done yet|how long|where are we)\b", re.I)
 
 
 # ---- pure text helpers ---------------------------------------------------------------------------------------
@@ -52,21 +48,8 @@ def strip_mentions(text: str) -> str:
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").strip()
 
 
-def is_start_request(text: str) -> bool:
-    return bool(_START.match(text or ""))
-
-
-def rewrite_followup(text: str, run_id: str) -> str:
-    """In a thread about a run: 'cancel it' -> 'cancel <run>', 'show the report' -> 'report <run>', ..."""
-    if run_id in text:
-        return text
-    if _CANCEL.search(text):
-        return f"cancel {run_id}"
-    if _REPORT.search(text):
-        return f"report {run_id}"
-    if _STATUS.search(text):
-        return f"status {run_id}"
-    return text
+is_start_request = commands.is_start
+rewrite_followup = commands.thread_followup
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -139,7 +122,7 @@ class SlackFlow:
         thread = self.store.thread(channel, thread_ts) or {}
         if thread.get("run_id"):
             text = rewrite_followup(text, thread["run_id"])
-        if (is_start_request(text) or text.lower().startswith("cancel ")) and not self.may_start(user):
+        if commands.needs_start_rights(text) and not self.may_start(user):
             await self.post(channel, thread_ts, self._refuse_start(user))
             return
         conversation = f"{channel}:{thread_ts}"
@@ -217,8 +200,8 @@ class SlackFlow:
         await self.attach(run_id, channel, thread_ts)
 
     async def on_cancel_plan(self, plan_id: str, user: str, channel: str, thread_ts: str) -> None:
-        if not self.may_ask(user):
-            await self.ephemeral(channel, user, thread_ts, self._refuse_ask(user))
+        if not self.may_start(user):  # deciding a plan (start or cancel) takes the same rights
+            await self.ephemeral(channel, user, thread_ts, self._refuse_start(user))
             return
         if not self.store.claim_plan(plan_id, user):
             await self.ephemeral(channel, user, thread_ts, "This plan was already started or cancelled.")

@@ -166,3 +166,24 @@ class ScriptedAgent:
             plan = self.plans.create(spec, PLAN_SUMMARY, {"user": user, "conversation": conversation_id})
             return Reply(f"Here is the plan {plan.id}.", plan_id=plan.id)
         return Reply(f"echo: {text}")
+
+
+# ---- reading what the app posted -----------------------------------------------------------------------------
+
+def posts(slack, thread_ts=None):
+    """chat.postMessage calls, oldest first (only those in one thread when thread_ts is given)."""
+    return [c for c in slack.calls("chat.postMessage") if thread_ts is None or c.get("thread_ts") == thread_ts]
+
+
+def plan_card_of(slack, thread_ts):
+    cards = [c for c in posts(slack, thread_ts) if "distill_start" in str(c.get("blocks"))]
+    return cards[-1] if cards else None
+
+
+def ask_for_plan(env, server, user="UADMIN", ts="1690000000.000100", text="distill sst2 into tiny"):
+    """Mention the bot with a distill request; returns (plan id, the plan card's postMessage call)."""
+    assert server.post_event(mention(text, user, "C1", ts)) == 200
+    card = env.slack.wait_for(lambda: plan_card_of(env.slack, ts), what="the plan card")
+    plan_id = env.plans.latest(f"C1:{ts}").id
+    env.slack.wait_for(lambda: env.store.plan_message(plan_id), what="the plan message to be stored")
+    return plan_id, card

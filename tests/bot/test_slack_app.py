@@ -6,7 +6,6 @@ the real skills.operations.start_plan, and the test moves them through their sta
 
 from __future__ import annotations
 
-import functools
 import json
 import struct
 import time
@@ -16,63 +15,15 @@ from pathlib import Path
 import pytest
 
 from bot.slack_app import SlackConfig, SlackConfigError, create_app, flow_of
-from bot.slack_store import SlackStore
-from fake_slack import FakeSlack
 from pipeline.progress import Progress
 from pipeline.registry import Registry
-from skills import operations
-from skills.plans import PlanStore
-from slack_harness import BOT_TOKEN, SIGNING_SECRET, AppServer, ScriptedAgent, mention
+from slack_harness import BOT_TOKEN, SIGNING_SECRET, AppServer, ask_for_plan, mention, plan_card_of, posts
 
 def png_bytes() -> bytes:
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)) + \
         chunk(b"IDAT", zlib.compress(b"\x00\x00")) + chunk(b"IEND", b"")
-
-
-@pytest.fixture
-def slack():
-    with FakeSlack() as fake:
-        yield fake
-
-
-@pytest.fixture
-def env(slack, tmp_path):
-    """Everything but the app: config pointing at the fake, real registry / plans / store, a scripted agent."""
-    registry, plans = Registry(), PlanStore()
-    ns = type("Env", (), {})()
-    ns.slack, ns.registry, ns.plans, ns.store = slack, registry, plans, SlackStore()
-    ns.agent = ScriptedAgent(plans)
-    ns.config = SlackConfig(bot_token=BOT_TOKEN, signing_secret=SIGNING_SECRET, api_url=slack.api_url,
-                            admins=frozenset({"UADMIN"}), users=frozenset({"UASK"}))
-
-    def make_app(**overrides):
-        kw = dict(config=ns.config, agent=ns.agent, registry=registry, plans=plans, store=ns.store,
-                  start_plan=functools.partial(operations.start_plan, plans=plans, registry=registry),
-                  poll_s=0.05, update_interval_s=0.2)
-        kw.update(overrides)
-        return create_app(**kw)
-
-    ns.make_app = make_app
-    return ns
-
-
-def posts(slack, thread_ts=None):
-    return [c for c in slack.calls("chat.postMessage") if thread_ts is None or c.get("thread_ts") == thread_ts]
-
-
-def plan_card_of(slack, thread_ts):
-    cards = [c for c in posts(slack, thread_ts) if "distill_start" in str(c.get("blocks"))]
-    return cards[-1] if cards else None
-
-
-def ask_for_plan(env, server, user="UADMIN", ts="1690000000.000100"):
-    assert server.post_event(mention("distill sst2 into tiny", user, "C1", ts)) == 200
-    card = env.slack.wait_for(lambda: plan_card_of(env.slack, ts), what="the plan card")
-    plan_id = env.plans.latest(f"C1:{ts}").id
-    env.slack.wait_for(lambda: env.store.plan_message(plan_id), what="the plan message to be stored")
-    return plan_id, card
 
 
 def test_requests_with_a_bad_signature_or_a_stale_timestamp_get_401_and_do_nothing(env):
