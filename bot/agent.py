@@ -4,8 +4,14 @@
     reply = await agent.respond("C1:T1", "U1", "distill sst2 into something small with gpt-4o-mini")
     reply.text, reply.mode ("llm" | "grammar"), reply.plan_id, reply.run_id   # plan made / run started this turn
 
-The chat model comes from the environment: DISTILLERY_CHAT_PROVIDER (openai | azure_openai | azure_ai_inference;
-unset: command mode, see bot/grammar.py), DISTILLERY_CHAT_MODEL, DISTILLERY_CHAT_BASE_URL, DISTILLERY_CHAT_API_KEY.
+The chat model comes from the environment: DISTILLERY_CHAT_PROVIDER (unset: command mode, see bot/grammar.py),
+DISTILLERY_CHAT_MODEL, DISTILLERY_CHAT_BASE_URL, DISTILLERY_CHAT_API_KEY, DISTILLERY_CHAT_AUTH:
+  - openai: OpenAI or any OpenAI-compatible server;
+  - azure_openai: Azure AI Foundry / Azure OpenAI through the OpenAI v1 API (base URL
+    https://<resource>.openai.azure.com/openai/v1/, the model is the deployment name), with the key
+    (DISTILLERY_CHAT_AUTH=key, the default: `api-key` header) or Microsoft Entra ID (DISTILLERY_CHAT_AUTH=entra:
+    DefaultAzureCredential, no key);
+  - azure_ai_inference: legacy, the retired Azure AI Inference `.../models` route (key only).
 Conversation history (text turns) is kept per conversation id in SQLite (bot/history.py).
 """
 
@@ -53,8 +59,12 @@ def _env(name: str) -> str | None:
     return value or None
 
 
-def build_chat_service() -> Any | None:
-    """The Semantic Kernel chat service the environment asks for, or None for command mode."""
+def build_chat_service(credential: Any | None = None) -> Any | None:
+    """The Semantic Kernel chat service the environment asks for, or None for command mode.
+
+    credential: for azure_openai with DISTILLERY_CHAT_AUTH=entra, an azure-core (Async)TokenCredential to use instead
+    of DefaultAzureCredential (apps with their own identity; tests).
+    """
     provider = (_env("DISTILLERY_CHAT_PROVIDER") or "").lower()
     if not provider:
         return None
@@ -63,6 +73,11 @@ def build_chat_service() -> Any | None:
     model, base_url, key = _env("DISTILLERY_CHAT_MODEL"), _env("DISTILLERY_CHAT_BASE_URL"), _env("DISTILLERY_CHAT_API_KEY")
     if not model:
         raise DistilleryError("DISTILLERY_CHAT_MODEL is not set; set it to the chat model or deployment name (e.g. gpt-4o-mini).")
+    auth = (_env("DISTILLERY_CHAT_AUTH") or "key").lower()
+    if auth not in ("key", "entra"):
+        raise DistilleryError(f"unknown DISTILLERY_CHAT_AUTH '{auth[:20]}'; use key or entra.")
+    if auth == "entra" and provider != "azure_openai":
+        raise DistilleryError("DISTILLERY_CHAT_AUTH=entra works with DISTILLERY_CHAT_PROVIDER=azure_openai only.")
     if provider == "openai":
         from openai import AsyncOpenAI
         from semantic_kernel.connectors.ai.open_ai import OpenAIChatCompletion
@@ -73,13 +88,10 @@ def build_chat_service() -> Any | None:
         return OpenAIChatCompletion(ai_model_id=model, async_client=AsyncOpenAI(api_key=key, base_url=base_url))
     if not base_url:
         raise DistilleryError(f"DISTILLERY_CHAT_BASE_URL is not set; {provider} needs the endpoint URL of your deployment.")
+    if provider == "azure_openai":
+        return _azure_openai_service(model, base_url, key, auth, credential)
     if not key:
         raise DistilleryError("no API key for the chat model; set DISTILLERY_CHAT_API_KEY.")
-    if provider == "azure_openai":
-        from semantic_kernel.connectors.ai.open_ai import AzureChatCompletion
-
-        return AzureChatCompletion(deployment_name=model, endpoint=base_url, api_key=key,
-                                   api_version=_env("DISTILLERY_CHAT_API_VERSION") or "2024-10-21")
     from azure.ai.inference.aio import ChatCompletionsClient
     from azure.core.credentials import AzureKeyCredential
     from semantic_kernel.connectors.ai.azure_ai_inference import AzureAIInferenceChatCompletion
@@ -87,6 +99,23 @@ def build_chat_service() -> Any | None:
     # built here: the service itself refuses http:// endpoints (local gateways, tests)
     client = ChatCompletionsClient(endpoint=base_url, credential=AzureKeyCredential(key))
     return AzureAIInferenceChatCompletion(ai_model_id=model, client=client)
+
+
+def _azure_openai_service(model: str, base_url: str, key: str | None, auth: str, credential: Any | None) -> Any:
+    """OpenAIChatCompletion over an AsyncOpenAI client on the Azure v1 endpoint, the same auth as the azure teacher."""
+    from openai import AsyncOpenAI
+    from semantic_kernel.connectors.ai.open_ai import OpenAIChatCompletion
+
+    from pipeline.teachers.azure import azure_v1_url, default_credential, entra_token_provider
+
+    url = azure_v1_url(base_url, "DISTILLERY_CHAT_BASE_URL")
+    if auth == "entra":  # the token provider is the client's api_key callable: a fresh bearer token when it expires
+        client = AsyncOpenAI(base_url=url, api_key=entra_token_provider(credential or default_credential()))
+    elif not key:
+        raise DistilleryError("no API key for the chat model; set DISTILLERY_CHAT_API_KEY, or DISTILLERY_CHAT_AUTH=entra for Microsoft Entra ID.")
+    else:
+        client = AsyncOpenAI(base_url=url, api_key=key, default_headers={"api-key": key})
+    return OpenAIChatCompletion(ai_model_id=model, async_client=client)
 
 
 class Agent:
@@ -155,7 +184,11 @@ def _as_kernel_plugin(plugin: DistillationPlugin):
     return KernelPlugin.from_object(PLUGIN_NAME, plugin)
 
 
-def build_agent(registry: Registry | None = None, plans: PlanStore | None = None, history: History | None = None) -> Agent:
-    """The agent with the chat model the environment configures, or in command mode when none is set."""
+def build_agent(registry: Registry | None = None, plans: PlanStore | None = None, history: History | None = None,
+                credential: Any | None = None) -> Agent:
+    """The agent with the chat model the environment configures, or in command mode when none is set.
+
+    credential: see build_chat_service (azure_openai with DISTILLERY_CHAT_AUTH=entra).
+    """
     plugin = DistillationPlugin(registry=registry or Registry(), plans=plans or PlanStore(), source="agent")
-    return Agent(plugin, history or History(), build_chat_service())
+    return Agent(plugin, history or History(), build_chat_service(credential))

@@ -66,13 +66,17 @@ class TeacherParams(_Strict):
 class PricePerMTok(_Strict):
     input: float = Field(0.0, ge=0.0)  # USD per million prompt tokens
     output: float = Field(0.0, ge=0.0)  # USD per million completion tokens
+    batch_discount: float = Field(0.5, ge=0.0, le=1.0)  # with teacher.batch: the share of the price batch requests cost
 
 
 class TeacherSpec(_Strict):
-    provider: str = "local"  # openai | azure | local (or any registered teacher)
+    provider: str = "local"  # openai | azure | azure-inference (legacy) | local (or any registered teacher)
     model: str = DEFAULT_MODEL  # deployment/model name, or hub id / folder for local
-    base_url: str | None = None  # OpenAI-compatible base URL, or the Azure AI Inference endpoint
+    base_url: str | None = None  # OpenAI-compatible base URL, Azure's https://<resource>.openai.azure.com/openai/v1/
     api_key_env: str | None = None  # NAME of the environment variable holding the key (never the key)
+    auth: Literal["key", "entra"] = "key"  # azure: the api-key header from api_key_env, or Microsoft Entra ID (keyless)
+    batch: bool = False  # openai/azure: send through the Batch API (answers within 24 h, at price_per_mtok.batch_discount)
+    batch_poll_s: float = Field(30.0, gt=0)  # with batch: seconds between status checks
     params: TeacherParams = Field(default_factory=TeacherParams)
     concurrency: int = Field(8, ge=1, le=1024)  # requests in flight at once
     min_success_ratio: float = Field(0.7, ge=0.0, le=1.0)  # below this share of accepted rows the stage fails

@@ -224,7 +224,7 @@ def plan_distillation(dataset: str, student: str | None = None, teacher: str | N
     if key_env and not os.environ.get(key_env):
         notes.append(f"{key_env} is not set here; the worker that runs this plan needs it (export {key_env}=...).")
     if spec.teacher.provider == "azure" and not spec.teacher.base_url:
-        notes.append("the azure teacher needs its endpoint: add teacher.base_url=https://<resource>.services.ai.azure.com/models (or set AZURE_AI_ENDPOINT).")
+        notes.append("the azure teacher needs its endpoint: add teacher.base_url=https://<resource>.openai.azure.com/openai/v1/ (or set AZURE_AI_ENDPOINT).")
     if test["source"] == "none":
         notes.append(test["text"] + ".")
     trainable = len(records) - (test["rows"] if test["source"] == "held_out" else 0)

@@ -18,7 +18,8 @@ Errors: 429, 408, 409, 5xx, timeouts, dropped connections and malformed bodies -
 Retry-After honoured); 401/403/404 -> TeacherError marked fatal (labelling stops: every row would fail the same
 way); other 4xx -> TeacherError for that row.
 
-Shared with the azure teacher: `api_key_from_env`, `retry_after_seconds`, `status_error`.
+Shared with the azure teachers: `api_key_from_env`, `retry_after_seconds`, `status_error`; the azure teacher is
+this class with another base URL and authentication (`_base_url`, `_auth_options`).
 """
 
 from __future__ import annotations
@@ -82,14 +83,17 @@ def unreachable(message: str) -> TransientError:
     return err
 
 
-def status_error(status: int, headers: Any, message: str, url: str, key_env: str | None, model: str) -> Exception:
-    """Map an HTTP error status to TransientError or a one-sentence TeacherError (fatal for auth and not-found)."""
+def status_error(status: int, headers: Any, message: str, url: str, key_env: str | None, model: str, credential: str | None = None) -> Exception:
+    """Map an HTTP error status to TransientError or a one-sentence TeacherError (fatal for auth and not-found).
+
+    credential: what was sent instead of a key, for the 401/403 sentence (e.g. "the Microsoft Entra ID token").
+    """
     detail = " ".join(str(message).split())[:200]
     if status in TRANSIENT_STATUS or status >= 500:
         return TransientError(f"the teacher at {url} answered HTTP {status}", retry_after=retry_after_seconds(headers), status=status)
     if status in (401, 403):
-        where = f"the key in {key_env}" if key_env else "the request (no key was sent: set teacher.api_key_env)"
-        err = TeacherError(f"the teacher at {url} refused {where} (HTTP {status}); check the key and its access to model '{model}'.")
+        where = credential or (f"the key in {key_env}" if key_env else "the request (no key was sent: set teacher.api_key_env)")
+        err = TeacherError(f"the teacher at {url} refused {where} (HTTP {status}); check it and its access to model '{model}'.")
     elif status == 404:
         err = TeacherError(f"the teacher at {url} has no model or route for '{model}' (HTTP 404); check teacher.model and teacher.base_url.")
     else:
@@ -147,32 +151,59 @@ class AiohttpTransport:
 class OpenAITeacher(Teacher):
     """Chat completions through the official client; one request per answer (the engine runs many at once)."""
 
+    batch_endpoint = "/v1/chat/completions"  # the Batch API's `endpoint` and each JSONL line's `url` (pipeline/batch.py)
+    credential: str | None = None  # what a 401/403 sentence names instead of "the key in <api_key_env>"
+
     def __init__(self, spec) -> None:
         super().__init__(spec)
         import httpx2
         import openai
 
-        key = api_key_from_env(spec.api_key_env, required=False) or NO_KEY
-        self.url = spec.base_url or "https://api.openai.com/v1"
+        self.url = self._base_url(spec)
+        auth = self._auth_options(spec)  # before any client exists: a missing key raises with nothing to close
         self._transport = AiohttpTransport(limit=max(spec.concurrency, 10))
         http = httpx2.AsyncClient(transport=self._transport, timeout=spec.timeout_s)
         self._openai = openai
-        self._client = openai.AsyncOpenAI(base_url=self.url, api_key=key, max_retries=0, timeout=spec.timeout_s, http_client=http)
+        self._client = openai.AsyncOpenAI(base_url=self.url, max_retries=0, timeout=spec.timeout_s, http_client=http, **auth)
+
+    def _base_url(self, spec) -> str:
+        return spec.base_url or "https://api.openai.com/v1"
+
+    def _auth_options(self, spec) -> dict[str, Any]:
+        """AsyncOpenAI keyword arguments that authenticate (subclasses: other headers, token providers)."""
+        if spec.auth != "key":
+            raise TeacherError(f"teacher.auth={spec.auth} works with provider azure only; the {spec.provider} teacher sends the key named by teacher.api_key_env.")
+        return {"api_key": api_key_from_env(spec.api_key_env, required=False) or NO_KEY}
+
+    @property
+    def client(self):
+        """The openai.AsyncOpenAI client (the Batch API in pipeline/batch.py uses its files and batches)."""
+        return self._client
+
+    def request_body(self, request: TeacherRequest) -> dict[str, Any]:
+        """The chat.completions body of a request (also each line of a batch input file)."""
+        body: dict[str, Any] = {"model": self.spec.model, "messages": request.messages}
+        body.update({k: v for k, v in request.params.items() if v is not None})
+        return body
+
+    def api_error(self, err: Exception) -> Exception:
+        """An openai client exception as TransientError or a one-sentence TeacherError (anything else unchanged)."""
+        openai = self._openai
+        if isinstance(err, openai.APITimeoutError):
+            return TransientError(f"the teacher at {self.url} did not answer within {self.spec.timeout_s:g} s")
+        if isinstance(err, openai.APIConnectionError):
+            return unreachable(f"could not connect to the teacher at {self.url} ({type(err.__cause__ or err).__name__})")
+        if isinstance(err, openai.APIStatusError):
+            return status_error(err.status_code, err.response.headers, err.message, self.url, self.spec.api_key_env, self.spec.model, self.credential)
+        return err
 
     async def answer(self, request: TeacherRequest) -> TeacherAnswer:
         import httpx2
 
-        openai = self._openai
-        body: dict[str, Any] = {"model": self.spec.model, "messages": request.messages}
-        body.update({k: v for k, v in request.params.items() if v is not None})
         try:
-            resp = await self._client.post("/chat/completions", cast_to=httpx2.Response, body=body)
-        except openai.APITimeoutError:
-            raise TransientError(f"the teacher at {self.url} did not answer within {self.spec.timeout_s:g} s") from None
-        except openai.APIConnectionError as err:
-            raise unreachable(f"could not connect to the teacher at {self.url} ({type(err.__cause__ or err).__name__})") from None
-        except openai.APIStatusError as err:
-            raise status_error(err.status_code, err.response.headers, err.message, self.url, self.spec.api_key_env, self.spec.model) from None
+            resp = await self._client.post("/chat/completions", cast_to=httpx2.Response, body=self.request_body(request))
+        except self._openai.OpenAIError as err:
+            raise self.api_error(err) from None
         return parse_completion(resp.content, self.url)
 
     async def aclose(self) -> None:

@@ -2,7 +2,7 @@
 
     with ScriptedChatServer([call("distillery-plan_distillation", dataset="sst2"), echo_tool_result()]) as srv:
         srv.base_url        # http://127.0.0.1:P/v1 (OpenAI); srv.endpoint is http://127.0.0.1:P (Azure AI Inference)
-        srv.requests        # every request body received (dicts), in order
+        srv.requests        # every request body received (dicts), in order; srv.headers their headers (lower-case names), srv.paths
 
 Each request takes the next step of the script; a step is a function of the request body returning an assistant
 message (dict). When the script is used up the server answers "(script finished)".
@@ -55,6 +55,7 @@ class ScriptedChatServer:
         self.script = list(script)
         self.requests: list[dict[str, Any]] = []
         self.paths: list[str] = []
+        self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
         outer = self
 
@@ -67,6 +68,7 @@ class ScriptedChatServer:
                 with outer._lock:
                     outer.requests.append(body)
                     outer.paths.append(self.path)
+                    outer.headers.append({k.lower(): v for k, v in self.headers.items()})
                     step = outer.script.pop(0) if outer.script else say("(script finished)")
                 message = step(body)
                 finish = "tool_calls" if message.get("tool_calls") else "stop"

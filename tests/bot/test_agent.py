@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 
 import pytest
 from scripted_chat_server import ScriptedChatServer, call, echo_tool_result, tool_results, tools_offered
@@ -89,6 +90,40 @@ def test_azure_ai_inference_provider_answers_model_questions(monkeypatch):
     assert srv.paths[0].startswith("/chat/completions?api-version=")
 
 
+def test_azure_openai_v1_with_a_key(monkeypatch):
+    script = [call("distillery-list_models", query="an 8B model"), echo_tool_result()]
+    with ScriptedChatServer(script) as srv:
+        _use(monkeypatch, "azure_openai", srv.endpoint)  # the resource URL: /openai/v1 is added
+        reply = asyncio.run(build_agent().respond("F1", "U4", "which 8B students could I use?"))
+    assert reply.mode == "llm" and "meta-llama/Llama-3.1-8B-Instruct" in reply.text
+    assert srv.paths == ["/openai/v1/chat/completions"] * 2  # the v1 route: no deployments path, no api-version
+    assert all(h["api-key"] == "test-key" for h in srv.headers)
+    assert srv.requests[0]["model"] == "scripted-model"
+
+
+def test_azure_openai_v1_with_entra_id(monkeypatch):
+    from azure.core.credentials import AccessTokenInfo
+
+    class Credential:  # an AsyncTokenCredential handing out one token
+        scopes: list = []
+
+        async def get_token_info(self, *scopes, options=None):
+            self.scopes.append(scopes)
+            return AccessTokenInfo("entra-token-s3cr3t", int(time.time()) + 3600)
+
+    script = [call("distillery-list_models", query="an 8B model"), echo_tool_result()]
+    cred = Credential()
+    with ScriptedChatServer(script) as srv:
+        _use(monkeypatch, "azure_openai", srv.endpoint + "/openai/v1/")
+        monkeypatch.delenv("DISTILLERY_CHAT_API_KEY")
+        monkeypatch.setenv("DISTILLERY_CHAT_AUTH", "entra")
+        reply = asyncio.run(build_agent(credential=cred).respond("G1", "U5", "which 8B students could I use?"))
+    assert reply.mode == "llm" and "meta-llama/Llama-3.1-8B-Instruct" in reply.text
+    assert [h["authorization"] for h in srv.headers] == ["Bearer entra-token-s3cr3t"] * 2
+    assert all("api-key" not in h for h in srv.headers) and cred.scopes == [("https://cognitiveservices.azure.com/.default",)]
+    assert "s3cr3t" not in reply.text
+
+
 def test_tool_errors_come_back_as_sentences_and_start_nothing(monkeypatch):
     script = [call("distillery-start_distillation", plan_id="plan-nothex"), echo_tool_result(),
               call("distillery-run_status", run_id="deadbeef"), echo_tool_result(),
@@ -114,4 +149,11 @@ def test_misconfigured_provider_is_one_sentence(monkeypatch):
         build_agent()
     monkeypatch.setenv("DISTILLERY_CHAT_PROVIDER", "bard")
     with pytest.raises(DistilleryError, match="unknown DISTILLERY_CHAT_PROVIDER 'bard'"):
+        build_agent()
+    _use(monkeypatch, "azure_openai", "https://res.services.ai.azure.com/models")
+    with pytest.raises(DistilleryError, match="retired Azure AI Inference route"):
+        build_agent()
+    monkeypatch.setenv("DISTILLERY_CHAT_AUTH", "entra")
+    monkeypatch.setenv("DISTILLERY_CHAT_PROVIDER", "openai")
+    with pytest.raises(DistilleryError, match="DISTILLERY_CHAT_AUTH=entra works with DISTILLERY_CHAT_PROVIDER=azure_openai only"):
         build_agent()

@@ -35,7 +35,7 @@ def empty_file(tmp_path):
     (lambda tmp: ["label", f"dataset.train={tmp}/empty.jsonl"], "has no rows"),
     (lambda tmp: ["label", f"dataset.train={DATA}/sst2.jsonl", "dataset.fields.text=review"], "dataset.fields.text=COLUMN"),
     (lambda tmp: ["label", f"{tmp}/bad.yaml"], "not valid YAML"),
-    (lambda tmp: ["label", f"dataset.train={DATA}/sst2.jsonl", "teacher.provider=nope", f"out={tmp}/o"], "unknown teacher 'nope'; known: azure, local, openai"),
+    (lambda tmp: ["label", f"dataset.train={DATA}/sst2.jsonl", "teacher.provider=nope", f"out={tmp}/o"], "unknown teacher 'nope'; known: azure, azure-inference, local, openai"),
     (lambda tmp: ["label", f"dataset.train={DATA}/sst2.jsonl", "teacher.provider=openai", "teacher.model=m",
                   "teacher.base_url=http://127.0.0.1:9/v1", "teacher.api_key_env=DISTILLERY_TEST_NO_SUCH_KEY", f"out={tmp}/o"],
      "DISTILLERY_TEST_NO_SUCH_KEY"),

@@ -83,11 +83,12 @@ def test_label_writes_contract_files_and_rerun_sends_nothing(tmp_path):
         assert (out / "labels.jsonl").read_text() == before
 
 
-def test_azure_teacher_labels_too(tmp_path, monkeypatch):
+@pytest.mark.parametrize("provider,path", [("azure", "/openai/v1/chat/completions"), ("azure-inference", "/chat/completions")])
+def test_azure_teachers_label_too(provider, path, tmp_path, monkeypatch):
     monkeypatch.setenv("TEST_KEY", "k")
     with FakeLLMServer(responder=sentiment) as server:
-        summary = label(_spec(tmp_path, server, provider="azure"))
-    assert summary.accepted == 30 and all(r.api == "azure" for r in server.requests)
+        summary = label(_spec(tmp_path, server, provider=provider))
+    assert summary.accepted == 30 and all(r.path == path and r.headers["api-key"] == "k" for r in server.requests)
 
 
 def test_retries_honour_retry_after_and_5xx(tmp_path):

@@ -1,4 +1,4 @@
-"""The openai and azure teachers through their real clients against a local server (tests/fake_llm_server.py)."""
+"""The openai, azure (v1 API) and azure-inference teachers through their real clients against tests/fake_llm_server.py."""
 
 from __future__ import annotations
 
@@ -24,8 +24,15 @@ def server():
         yield s
 
 
+PROVIDERS = ["openai", "azure", "azure-inference"]
+
+
+def _url(provider: str, server: FakeLLMServer) -> str:
+    return {"openai": server.openai_base_url, "azure": f"{server.url}/openai/v1/", "azure-inference": server.azure_endpoint}[provider]
+
+
 def _teacher(provider: str, server: FakeLLMServer, **kw):
-    url = server.openai_base_url if provider == "openai" else server.azure_endpoint
+    url = _url(provider, server)
     spec = TeacherSpec(provider=provider, model="fake-model", base_url=url, api_key_env="TEST_KEY", timeout_s=kw.pop("timeout_s", 2.0), **kw)
     return get_teacher(provider)(spec)
 
@@ -37,7 +44,7 @@ async def _ask(teacher, request=REQ):
         await teacher.aclose()
 
 
-@pytest.mark.parametrize("provider", ["openai", "azure"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 def test_answer_round_trip_sends_params_and_key(provider, server, monkeypatch):
     monkeypatch.setenv("TEST_KEY", KEY)
     server.enqueue(Reply(text="Final answer: positive", prompt_tokens=11, completion_tokens=3))
@@ -49,18 +56,20 @@ def test_answer_round_trip_sends_params_and_key(provider, server, monkeypatch):
     assert req.body["model"] == "fake-model"
     if provider == "openai":
         assert req.path == "/v1/chat/completions" and req.headers["Authorization"] == f"Bearer {KEY}"
+    elif provider == "azure":  # the v1 API: no api-version, the key in api-key
+        assert req.path == "/openai/v1/chat/completions" and req.query == {} and req.headers["api-key"] == KEY
     else:
         assert req.path == "/chat/completions" and "api-version" in req.query and req.headers["api-key"] == KEY
 
 
-@pytest.mark.parametrize("provider", ["openai", "azure"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 def test_cut_off_answer_reports_length(provider, server, monkeypatch):
     monkeypatch.setenv("TEST_KEY", KEY)
     server.enqueue(Reply(text="Let me think", finish_reason="length"))
     assert asyncio.run(_ask(_teacher(provider, server))).finish_reason == "length"
 
 
-@pytest.mark.parametrize("provider", ["openai", "azure"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("reply,retry_after", [
     (Reply(status=429, headers={"Retry-After": "3"}), 3.0),
     (Reply(status=429, headers={"retry-after-ms": "250"}), 0.25),
@@ -78,7 +87,7 @@ def test_retryable_failures_become_transient(provider, reply, retry_after, serve
     assert len(server.requests) == 1  # the client's own retries are off
 
 
-@pytest.mark.parametrize("provider", ["openai", "azure"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 def test_client_errors_are_final_and_name_no_secret(provider, server, monkeypatch):
     monkeypatch.setenv("TEST_KEY", KEY)
     server.enqueue(Reply(status=400))
@@ -92,7 +101,7 @@ def test_client_errors_are_final_and_name_no_secret(provider, server, monkeypatc
     assert len(server.requests) == 2
 
 
-@pytest.mark.parametrize("provider", ["openai", "azure"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 def test_missing_key_variable_names_it(provider, server):
     with pytest.raises(TeacherError, match="environment variable TEST_KEY is not set; export it with your key"):
         _teacher(provider, server)
@@ -104,18 +113,19 @@ def test_openai_without_key_env_works_for_keyless_servers(server):
     assert server.requests[-1].headers["Authorization"].startswith("Bearer ")
 
 
-def test_azure_requires_a_key_and_an_endpoint(server):
+@pytest.mark.parametrize("provider", ["azure", "azure-inference"])
+def test_azure_requires_a_key_and_an_endpoint(provider, server):
     with pytest.raises(TeacherError, match="api_key_env"):
-        get_teacher("azure")(TeacherSpec(provider="azure", model="m", base_url=server.azure_endpoint))
+        get_teacher(provider)(TeacherSpec(provider=provider, model="m", base_url=_url(provider, server)))
     with pytest.raises(TeacherError, match="base_url"):
-        get_teacher("azure")(TeacherSpec(provider="azure", model="m", api_key_env="X"))
+        get_teacher(provider)(TeacherSpec(provider=provider, model="m", api_key_env="X"))
 
 
-@pytest.mark.parametrize("provider", ["openai", "azure"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 def test_unreachable_server_is_transient_and_marked(provider, monkeypatch):
     monkeypatch.setenv("TEST_KEY", KEY)
     with FakeLLMServer() as s:
-        url = s.openai_base_url if provider == "openai" else s.azure_endpoint
+        url = _url(provider, s)
     spec = TeacherSpec(provider=provider, model="m", base_url=url, api_key_env="TEST_KEY", timeout_s=2)
     with pytest.raises(TransientError) as info:
         asyncio.run(_ask(get_teacher(provider)(spec)))
@@ -123,7 +133,7 @@ def test_unreachable_server_is_transient_and_marked(provider, monkeypatch):
 
 
 def test_unknown_teacher_lists_the_known_ones():
-    with pytest.raises(UnknownTeacherError, match=r"unknown teacher 'nope'; known: azure, local, openai"):
+    with pytest.raises(UnknownTeacherError, match=r"unknown teacher 'nope'; known: azure, azure-inference, local, openai"):
         get_teacher("nope")
 
 
