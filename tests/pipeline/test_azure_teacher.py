@@ -138,7 +138,7 @@ def test_entra_labelling_end_to_end_with_the_registered_credential(tmp_path, clo
 
     with FakeLLMServer(responder=needs_token) as server:
         summary = label(_label_spec(tmp_path, server, "teacher.auth=entra"))
-    assert summary.accepted == 10 and summary.requests_sent == 10 and cred.issued == 1
+    assert summary.accepted == summary.requested == summary.requests_sent == len(server.requests) > 0 and cred.issued == 1
 
 
 def test_entra_sign_in_failure_is_one_sentence_and_fatal(clock):
@@ -178,7 +178,8 @@ def test_wrong_key_stops_the_run_at_once_with_a_sentence(tmp_path, monkeypatch):
         assert str(info.value) == (f"the teacher at {server.url}/openai/v1 refused the key in AZURE_OPENAI_API_KEY (HTTP 401); "
                                    "check it and its access to model 'fake-model'.")
         monkeypatch.setenv("AZURE_OPENAI_API_KEY", KEY)  # fixed: the same spec labels every row
-        assert label(spec).accepted == 10
+        fixed = label(spec)
+        assert fixed.accepted == fixed.requested > 0
 
 
 def test_urls_and_auth_choices_are_checked():
