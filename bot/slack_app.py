@@ -2,6 +2,7 @@
 
     distillery slack                      # Socket Mode (SLACK_BOT_TOKEN + SLACK_APP_TOKEN)
     distillery slack --http --port 3000   # HTTP mode, events at /slack/events (SLACK_BOT_TOKEN + SLACK_SIGNING_SECRET)
+    distillery slack --no-worker          # runs execute in a separate `distillery worker` (default: here)
 
     app = create_app()                    # an AsyncApp; nothing connects until a request arrives
     web_app = build_web_app(app)          # aiohttp app serving POST /slack/events (and re-attaching to runs)
@@ -35,6 +36,7 @@ from .slack_flow import SlackFlow, redact
 from .slack_store import SlackStore
 
 __all__ = ["SlackConfig", "SlackConfigError", "create_app", "build_web_app", "serve_socket_mode", "flow_of",
+           "start_serving", "stop_serving",
            "slack_command", "DISTILL_COMMAND"]
 
 log = logging.getLogger("distillery.slack")
@@ -83,8 +85,13 @@ class SlackConfig:
 
 
 def create_app(config: SlackConfig | None = None, agent=None, registry=None, plans=None, store: SlackStore | None = None,
-               start_plan=None, poll_s: float = 1.0, update_interval_s: float = 2.0):
-    """Build the Bolt AsyncApp with every listener registered; nothing connects until a request arrives."""
+               start_plan=None, poll_s: float = 1.0, update_interval_s: float = 2.0, embedded_worker: bool = False,
+               worker_poll_s: float = 1.0):
+    """Build the Bolt AsyncApp with every listener registered; nothing connects until a request arrives.
+
+    embedded_worker=True: the app also executes the runs it queues (pipeline.worker.EmbeddedWorker, started when
+    the app starts serving and stopped, handing running runs back, when it stops); `distillery slack` does this
+    unless --no-worker."""
     from slack_bolt.async_app import AsyncApp
     from slack_bolt.response import BoltResponse
     from slack_sdk.web.async_client import AsyncWebClient
@@ -114,6 +121,11 @@ def create_app(config: SlackConfig | None = None, agent=None, registry=None, pla
     flow = SlackFlow(config, agent, registry, plans, store, client, start_plan, poll_s=poll_s,
                      update_interval_s=update_interval_s)
     app._distillery_flow = flow  # noqa: SLF001 - read back with flow_of(app)
+    app._distillery_worker = None  # noqa: SLF001
+    if embedded_worker:
+        from pipeline.worker import EmbeddedWorker
+
+        app._distillery_worker = EmbeddedWorker(registry, kind="embedded in distillery slack", poll_s=worker_poll_s)  # noqa: SLF001
 
     # -- retries: the same event_id is handled once, even across restarts ----------------------------------
     @app.middleware
@@ -193,6 +205,21 @@ def flow_of(app) -> SlackFlow:
     return app._distillery_flow  # noqa: SLF001
 
 
+def start_serving(app) -> None:
+    """Start the embedded worker, if the app has one (called when serving starts)."""
+    worker = app._distillery_worker  # noqa: SLF001
+    if worker is not None and not worker.thread.is_alive() and not worker.stop_event.is_set():
+        worker.start()
+
+
+async def stop_serving(app) -> None:
+    """Stop following runs and stop the embedded worker (its running runs are handed back for the next start)."""
+    await flow_of(app).stop()
+    worker = app._distillery_worker  # noqa: SLF001
+    if worker is not None:
+        await asyncio.to_thread(worker.stop)
+
+
 def build_web_app(app, path: str = "/slack/events"):
     """An aiohttp application serving Slack's HTTP requests at `path`; it re-attaches to followed runs on startup."""
     from aiohttp import web
@@ -205,10 +232,11 @@ def build_web_app(app, path: str = "/slack/events"):
         return web.Response(text="ok")
 
     async def on_startup(_web_app: web.Application) -> None:
+        start_serving(app)
         await flow_of(app).resume()
 
     async def on_cleanup(_web_app: web.Application) -> None:
-        await flow_of(app).stop()
+        await stop_serving(app)
 
     web_app = web.Application()
     web_app.router.add_post(path, events)
@@ -223,12 +251,13 @@ async def serve_socket_mode(app, app_token: str, stop: asyncio.Event | None = No
     from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
     handler = AsyncSocketModeHandler(app, app_token)
+    start_serving(app)
     await flow_of(app).resume()
     await handler.connect_async()
     try:
         await (stop.wait() if stop else asyncio.Future())
     finally:
-        await flow_of(app).stop()
+        await stop_serving(app)
         await handler.close_async()
 
 
@@ -236,13 +265,18 @@ async def serve_socket_mode(app, app_token: str, stop: asyncio.Event | None = No
 @click.option("--http", "http", is_flag=True, help="Serve HTTP (events at /slack/events) instead of Socket Mode.")
 @click.option("--port", default=3000, show_default=True, help="Port for --http.")
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address for --http.")
-def slack_command(http: bool, port: int, host: str) -> None:
-    """Run the Slack bot (Socket Mode by default; --http --port N for an HTTP endpoint). Setup: docs/slack.md."""
+@click.option("--no-worker", "no_worker", is_flag=True,
+              help="Do not execute runs here; a separate `distillery worker` on the same DISTILLERY_HOME does.")
+def slack_command(http: bool, port: int, host: str, no_worker: bool) -> None:
+    """Run the Slack bot (Socket Mode by default; --http --port N for an HTTP endpoint). Setup: docs/slack.md.
+
+    It also executes the runs it starts (an embedded worker: a child process per run, heartbeats, resume, cancel)
+    unless --no-worker is given."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = SlackConfig.from_env()
     try:
         config.require(http=http)
-        app = create_app(config)
+        app = create_app(config, embedded_worker=not no_worker)
     except DistilleryError as err:
         click.echo(str(err), err=True)
         sys.exit(1)
@@ -252,7 +286,8 @@ def slack_command(http: bool, port: int, host: str) -> None:
         click.echo(f"Distillery Slack bot: HTTP on {host}:{port}, events at /slack/events", err=True)
         web.run_app(build_web_app(app), host=host, port=port, print=None)
     else:
-        click.echo("Distillery Slack bot: connecting over Socket Mode", err=True)
+        click.echo("Distillery Slack bot: connecting over Socket Mode"
+                   + (" (runs execute in `distillery worker`)" if no_worker else " (runs execute here)"), err=True)
         asyncio.run(serve_socket_mode(app, config.app_token))
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import DistilleryError
+from pipeline.worker import queue_warning
 
 from . import blocks, commands
 
@@ -228,11 +229,20 @@ class SlackFlow:
     async def attach(self, run_id: str, channel: str, thread_ts: str) -> None:
         """Post the run's one status message in the thread and keep it updated until the run ends."""
         if not self.store.followed(run_id):
-            rec = await asyncio.to_thread(self.registry.get, run_id)
-            msg = blocks.status_message(rec.to_dict())
+            rec, msg = await asyncio.to_thread(self._status, run_id)
             resp = await self.post(channel, thread_ts, msg["text"], msg["blocks"])
             self.store.follow_run(run_id, channel, thread_ts, resp["ts"], msg["text"])
         self._spawn(run_id)
+
+    def _status(self, run_id: str) -> tuple[Any, dict]:
+        """The run's record and its status message; a queued run nobody will pick up says so and what to start."""
+        rec = self.registry.get(run_id)
+        msg = blocks.status_message(rec.to_dict())
+        warning = queue_warning(self.registry, rec)
+        if warning:
+            msg["text"] += " " + warning
+            msg["blocks"].append({"type": "context", "elements": [{"type": "mrkdwn", "text": f":warning: {warning}"}]})
+        return rec, msg
 
     async def resume(self) -> list[str]:
         """Re-attach to the runs this bot was following when it stopped; returns their ids."""
@@ -259,8 +269,7 @@ class SlackFlow:
         last_text, last_at = ref.get("last_text"), 0.0
         while True:
             try:
-                rec = await asyncio.to_thread(self.registry.get, run_id)
-                msg = blocks.status_message(rec.to_dict())
+                rec, msg = await asyncio.to_thread(self._status, run_id)
                 now = time.monotonic()
                 if msg["text"] != last_text and (rec.finished or now - last_at >= self.update_interval_s):
                     await self.client.chat_update(channel=ref["channel"], ts=ref["status_ts"],

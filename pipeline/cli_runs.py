@@ -24,6 +24,7 @@ import click
 
 from .errors import RunError, SpecError
 from .registry import Registry, RunRecord
+from .worker import queue_warning
 
 __all__ = ["submit_command", "runs_command", "status_command", "cancel_command", "report_command", "worker_command",
            "describe_progress"]
@@ -119,6 +120,9 @@ def status_command(run_id: str, as_json: bool) -> None:
                + (" - cancel requested" if rec.cancel_requested and rec.running else ""))
     if describe_progress(rec):
         click.echo(f"progress: {describe_progress(rec)}")
+    warning = queue_warning(reg, rec)
+    if warning:
+        click.echo(f"warning: {warning}")
     if rec.error:
         click.echo(f"error: {rec.error}")
     if rec.scores:

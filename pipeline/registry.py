@@ -153,6 +153,14 @@ def m002_claim_indexes(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX runs_by_created ON runs(created_at)")
 
 
+@migration
+def m003_workers(db: sqlite3.Connection) -> None:
+    """Workers announce themselves and heartbeat, so a queued run can say whether anyone will pick it up."""
+    db.execute("""CREATE TABLE workers (
+        id TEXT PRIMARY KEY, host TEXT, pid INTEGER, kind TEXT, started_at REAL NOT NULL, heartbeat_at REAL NOT NULL,
+        stopped_at REAL)""")
+
+
 # ---- the registry --------------------------------------------------------------------------------------------
 
 class Registry:
@@ -450,6 +458,27 @@ class Registry:
             if cur.rowcount:
                 self._event(db, run_id, "released", None, {"worker_id": worker_id})
             return cur.rowcount == 1
+
+    # ---- workers ---------------------------------------------------------------------------------------------
+
+    def worker_alive(self, worker_id: str, kind: str = "worker") -> None:
+        """A worker's own heartbeat (run_worker calls it every few seconds while it watches the queue)."""
+        now = time.time()
+        with self._write() as db:
+            db.execute("""INSERT INTO workers (id, host, pid, kind, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?, ?)
+                          ON CONFLICT(id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, stopped_at = NULL""",
+                       (worker_id, socket.gethostname(), os.getpid(), kind, now, now))
+
+    def worker_stopped(self, worker_id: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE workers SET stopped_at = ? WHERE id = ?", (time.time(), worker_id))
+
+    def live_workers(self, within_s: float = 30.0) -> list[dict[str, Any]]:
+        """Workers that heartbeated in the last `within_s` seconds and did not say they stopped."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM workers WHERE stopped_at IS NULL AND heartbeat_at >= ? ORDER BY started_at",
+                              (time.time() - within_s,)).fetchall()
+        return [dict(r) for r in rows]
 
 
 # ---- row helpers ---------------------------------------------------------------------------------------------

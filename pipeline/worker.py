@@ -38,10 +38,12 @@ from .errors import Cancelled, DistilleryError, RunError
 from .progress import Progress, ProgressFn
 from .registry import Registry, RunRecord
 
-__all__ = ["run_worker", "execute_run", "run_foreground", "RunHooks", "main"]
+__all__ = ["run_worker", "execute_run", "run_foreground", "RunHooks", "EmbeddedWorker", "queue_warning", "main"]
 
 log = logging.getLogger("distillery.worker")
 
+NOT_FOR_RUNS = frozenset({"SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "DISTILLERY_CHAT_API_KEY",
+                          "DISTILLERY_MCP_TOKEN"})  # front-door secrets kept out of run processes
 STAGE_STATUS = {"labelling": "labelling", "training": "training", "evaluating": "evaluating", "reporting": "evaluating"}
 
 
@@ -175,7 +177,8 @@ def _spawn(reg: Registry, run_id: str, worker_id: str) -> subprocess.Popen:
     logs.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pipeline.worker", "--execute", run_id, "--home", str(reg.home),
            "--parent", str(os.getpid())]
-    env = {**os.environ, "DISTILLERY_HOME": str(reg.home), "PYTHONUNBUFFERED": "1", "DISTILLERY_WORKER_ID": worker_id}
+    env = {k: v for k, v in os.environ.items() if k not in NOT_FOR_RUNS}  # a run never needs the front doors' secrets
+    env.update({"DISTILLERY_HOME": str(reg.home), "PYTHONUNBUFFERED": "1", "DISTILLERY_WORKER_ID": worker_id})
     with open(logs / f"{run_id}.log", "ab") as logf:
         logf.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} worker {worker_id} starts run {run_id}\n".encode())
         logf.flush()
@@ -185,11 +188,13 @@ def _spawn(reg: Registry, run_id: str, worker_id: str) -> subprocess.Popen:
 
 def run_worker(registry: Registry | None = None, max_concurrent: int = 1, poll_s: float = 1.0, once: bool = False,
                stale_after_s: float = 30, worker_id: str | None = None, stop: threading.Event | None = None,
-               heartbeat_s: float | None = None, cancel_grace_s: float = 30.0) -> int:
+               heartbeat_s: float | None = None, cancel_grace_s: float = 30.0, kind: str = "worker") -> int:
     """Claim and execute runs until `stop` is set (or, with once=True, until nothing is left); returns runs handled.
 
     Runs whose worker died are claimed when their heartbeat is older than stale_after_s. On exit (stop, Ctrl-C,
     SIGTERM) running children are stopped and their runs released, so the next worker resumes them at once.
+    The worker heartbeats itself in the registry (`Registry.live_workers`), so a queued run can tell whether
+    anyone is watching; `kind` says what runs it ("worker", or "embedded in distillery slack").
     """
     reg = registry or Registry()
     worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -200,8 +205,15 @@ def run_worker(registry: Registry | None = None, max_concurrent: int = 1, poll_s
     handled = 0
     beating = threading.Event()
 
+    def announce() -> None:
+        try:
+            reg.worker_alive(worker_id, kind)
+        except Exception:  # a missed beat is retried; never stop the worker over it
+            log.warning("worker heartbeat failed", exc_info=True)
+
     def beat() -> None:
         while not beating.wait(heartbeat_s):
+            announce()
             with lock:
                 live = list(children.values())
             for child in live:
@@ -214,6 +226,7 @@ def run_worker(registry: Registry | None = None, max_concurrent: int = 1, poll_s
                 except Exception:
                     log.warning("heartbeat of run %s failed", child.run_id, exc_info=True)
 
+    announce()
     threading.Thread(target=beat, daemon=True, name=f"heartbeat-{worker_id}").start()
     log.info("worker %s watching %s (max %d at a time)", worker_id, reg.path, max_concurrent)
     try:
@@ -232,6 +245,10 @@ def run_worker(registry: Registry | None = None, max_concurrent: int = 1, poll_s
     finally:
         beating.set()
         _shutdown(reg, children, worker_id)
+        try:
+            reg.worker_stopped(worker_id)
+        except Exception:
+            log.warning("could not record that worker %s stopped", worker_id, exc_info=True)
     return handled
 
 
@@ -307,6 +324,37 @@ def _shutdown(reg: Registry, children: dict[str, _Child], worker_id: str) -> Non
             child.proc.wait()
         if reg.get(child.run_id).running:
             reg.release(child.run_id, worker_id)
+
+
+# ---- an embedded worker, and telling a queued run nobody watches -----------------------------------------------
+
+LIVE_WITHIN_S = 30.0  # a worker that has not heartbeated for this long is not counted as watching
+
+
+class EmbeddedWorker:
+    """run_worker in a daemon thread of a front door (`distillery slack`, `distillery chat`): the same guarantees
+    as `distillery worker` (a child process per run, heartbeats, resume, cancel); stop() hands running runs back."""
+
+    def __init__(self, registry: Registry, kind: str, poll_s: float = 1.0, **kwargs: Any):
+        self.registry, self.stop_event = registry, threading.Event()
+        self.thread = threading.Thread(target=run_worker, name="distillery-embedded-worker", daemon=True,
+                                       kwargs=dict(registry=registry, poll_s=poll_s, stop=self.stop_event, kind=kind, **kwargs))
+
+    def start(self) -> "EmbeddedWorker":
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout)
+
+
+def queue_warning(registry: Registry, record: RunRecord) -> str | None:
+    """One sentence when `record` is queued and no live worker watches this registry; None otherwise."""
+    if record.status != "queued" or registry.live_workers(LIVE_WITHIN_S):
+        return None
+    return (f"No worker is watching this Distillery home, so run {record.id} stays queued: start `distillery worker` "
+            "with the same DISTILLERY_HOME, or run `distillery slack` / `distillery chat` without --no-worker.")
 
 
 # ---- command line ----------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pipeline.errors import DistilleryError, ModelError, RunError, TeacherError
 from pipeline.registry import Registry, RunRecord
 from pipeline.splits import split_info
 from pipeline.spec import TASKS, apply_overrides, validate_spec
+from pipeline.worker import queue_warning
 
 from .catalog import CATALOG, ModelEntry, best_method, can_train, detect_hardware, find_model, local_model_params_b, resolve_models
 from .data_access import describe_dataset as _describe
@@ -312,7 +313,7 @@ def plan_text(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def run_text(record: RunRecord) -> str:
+def run_text(record: RunRecord, registry: Registry | None = None) -> str:
     spec = record.spec or {}
     student = (spec.get("student") or {}).get("model", "?")
     text = f"Run {record.id}: {record.status}"
@@ -324,6 +325,9 @@ def run_text(record: RunRecord) -> str:
     text += f"; student {Path(student).name if '/' in student and Path(student).is_dir() else student}."
     if record.error:
         text += f" Error: {record.error}"
+    warning = queue_warning(registry, record) if registry is not None else None
+    if warning:
+        text += f" {warning}"
     if record.scores:
         text += " Scores: " + ", ".join(f"{k} {_fmt(v)}" for k, v in list(record.scores.items())[:6]) + "."
     return text

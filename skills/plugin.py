@@ -139,7 +139,7 @@ class DistillationPlugin:
     @kernel_function(description="Status and progress of a run (stage, rows done, rate, ETA, scores when done).")
     def run_status(self, run_id: Annotated[str, "the run id"]) -> str:
         try:
-            return ops.run_text(ops.run_status(run_id, registry=self.registry))
+            return ops.run_text(ops.run_status(run_id, registry=self.registry), registry=self.registry)
         except DistilleryError as err:
             return _sentence(err)
 

@@ -18,8 +18,8 @@ ROOT = Path(__file__).parent.parent.parent
 
 def test_terminal_chat_process_plans_and_starts(isolated_home):
     env = {**os.environ, "DISTILLERY_HOME": str(isolated_home), "PYTHONPATH": str(ROOT)}
-    lines = "datasets\ndistill sst2 into gemma-3-270m rows=5\nyes\nquit\n"
-    done = subprocess.run([sys.executable, "-m", "bot.chat", "--poll", "0.2"], input=lines, capture_output=True,
+    lines = "datasets\ndistill sst2 into gemma-3-270m rows=5\nyes\nquit\n"  # --no-worker: the run stays queued
+    done = subprocess.run([sys.executable, "-m", "bot.chat", "--poll", "0.2", "--no-worker"], input=lines, capture_output=True,
                           text=True, env=env, cwd=str(ROOT), timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "command mode" in done.stdout and "sst2" in done.stdout

@@ -44,7 +44,7 @@ def test_mention_plan_start_worker_status_updates_report_and_chart(tiny_model, t
             assert plans.get(plan_id).summary["rows"] == 16 and card["thread_ts"] == thread
 
             # 2. the Start click
-            card_ts = SlackStore().plan_message(plan_id)["message_ts"]
+            card_ts = slack.wait_for(lambda: SlackStore().plan_message(plan_id), what="the stored card")["message_ts"]
             assert server.post_action("distill_start", plan_id, "UADMIN", "C1", card_ts, thread) == 200
             run = slack.wait_for(lambda: registry.list_runs(), what="the run")[0]
             assert run.requested_by["thread_ts"] == thread and run.requested_by["user"] == "UADMIN"
