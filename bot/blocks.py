@@ -112,6 +112,7 @@ def _plan_pairs(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("Dataset", f"`{_pick(summary, 'dataset', default='?')}`"),
         ("Task", str(_pick(summary, "task", default="?"))),
         ("Teacher", f"`{_pick(summary, 'teacher', default='?')}`"),
+        *_teacher_endpoint(summary),
         ("Student", f"`{_pick(summary, 'student', default='?')}`" + (f" ({method})" if method else "")),
         ("Rows to label", format_count(rows) if isinstance(rows, (int, float)) else "all"),
         ("Test", str(summary.get("test") or "no test rows")),
@@ -120,6 +121,14 @@ def _plan_pairs(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("Hardware", hardware),
         ("Expected time", expected),
     ]
+
+
+def _teacher_endpoint(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """Where the teacher's requests go and which key variable they use (host only, never credentials)."""
+    if not summary.get("teacher_endpoint"):
+        return []
+    key = f"; key `{summary['teacher_key_env']}`" if summary.get("teacher_key_env") else "; no key"
+    return [("Teacher endpoint", f"{summary['teacher_endpoint']}{key}")]
 
 
 def _plan_text(summary: dict[str, Any]) -> str:

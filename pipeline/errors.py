@@ -2,6 +2,7 @@
 
     DistilleryError                 base; str(err) is one sentence saying what was wrong and how to fix it
     ├── SpecError                   the run spec (YAML or key=value) is invalid
+    │   └── PolicyError             chat asked to set something only the operator sets (skills/policy.py)
     ├── DatasetError                a dataset is missing, empty, unreadable or its fields are unknown
     ├── ModelError                  a student or teacher model cannot be found or loaded
     ├── TeacherError                a teacher cannot be configured or reached
@@ -18,6 +19,7 @@ Messages never contain secrets: API keys are referred to by their environment va
 __all__ = [
     "DistilleryError",
     "SpecError",
+    "PolicyError",
     "DatasetError",
     "ModelError",
     "TeacherError",
@@ -36,6 +38,10 @@ class DistilleryError(Exception):
 
 class SpecError(DistilleryError):
     """The run spec is invalid."""
+
+
+class PolicyError(SpecError):
+    """A request from chat, the agent or MCP tries to set a key only the operator sets."""
 
 
 class DatasetError(DistilleryError):

@@ -227,9 +227,12 @@ class Registry:
 
     # ---- submitting ------------------------------------------------------------------------------------------
 
-    def submit(self, spec, requested_by: dict[str, Any] | None = None) -> RunRecord:
-        """Queue a run of `spec` (a RunSpec) for a worker; returns its record (status "queued")."""
-        return self._create(spec, requested_by, status="queued", worker_id=None)
+    def submit(self, spec, requested_by: dict[str, Any] | None = None, own_folder: bool = False) -> RunRecord:
+        """Queue a run of `spec` (a RunSpec) for a worker; returns its record (status "queued").
+
+        own_folder: ignore spec.out and use DISTILLERY_HOME/runs/<run id> (absolute); runs from chat and MCP.
+        """
+        return self._create(spec, requested_by, status="queued", worker_id=None, own_folder=own_folder)
 
     def start_foreground(self, spec, requested_by: dict[str, Any] | None = None) -> RunRecord:
         """Record a run the calling process executes itself (`distillery run`); it must heartbeat it.
@@ -240,13 +243,15 @@ class Registry:
         worker_id = f"foreground:{socket.gethostname()}:{os.getpid()}"
         return self._create(spec, {"source": "cli", **(requested_by or {})}, status="labelling", worker_id=worker_id)
 
-    def _create(self, spec, requested_by: dict[str, Any] | None, status: str, worker_id: str | None) -> RunRecord:
+    def _create(self, spec, requested_by: dict[str, Any] | None, status: str, worker_id: str | None,
+                own_folder: bool = False) -> RunRecord:
         requested = {"source": "cli", "user": None, "channel": None, "thread_ts": None, "conversation": None,
                      **(requested_by or {})}
         now = time.time()
         with self._write() as db:
             run_id = self._new_id(db)
-            out = self._resolve_out(db, spec.out, run_id, own_folder_for_default=worker_id is None)
+            out = (str((self.home / "runs" / run_id).resolve()) if own_folder
+                   else self._resolve_out(db, spec.out, run_id, own_folder_for_default=worker_id is None))
             spec = spec.model_copy(update={"out": out})
             running = status in RUNNING
             db.execute(

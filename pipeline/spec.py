@@ -234,5 +234,6 @@ def load_spec(path: str | Path | None = None, overrides: list[str] | None = None
             raise SpecError(f"spec file '{p}' is not valid YAML{where}; fix the syntax and try again.") from None
         if not isinstance(data, dict):
             raise SpecError(f"spec file '{p}' must be a YAML mapping of keys such as task, dataset and teacher.")
-    data = apply_overrides(data, list(overrides or []))
-    return validate_spec(data)
+    from .profiles import apply_profile_overrides  # teacher.profile=NAME: an operator's teacher profile
+
+    return validate_spec(apply_profile_overrides(data, list(overrides or []), apply_overrides))

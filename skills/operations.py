@@ -12,12 +12,13 @@ DISTILLERY_HOME. Mistakes raise DistilleryError subclasses whose message says wh
 from __future__ import annotations
 
 import os
-import shlex
+import re
 from pathlib import Path
 from typing import Any
 
 from pipeline.datasets import detect_task, label_column, read_records
 from pipeline.errors import DistilleryError, ModelError, RunError, TeacherError
+from pipeline.profiles import PROFILES_FILE, Profiles, TeacherProfile, endpoint_host, load_profiles
 from pipeline.registry import Registry, RunRecord
 from pipeline.splits import split_info
 from pipeline.spec import TASKS, apply_overrides, validate_spec
@@ -28,17 +29,18 @@ from .data_access import describe_dataset as _describe
 from .data_access import find_dataset
 from .data_access import list_datasets as _list
 from .plans import Plan, PlanStore
+from .policy import chat_overrides
 
 __all__ = [
     "list_datasets", "describe_dataset", "list_models", "plan_distillation", "start_plan", "run_status", "list_runs",
     "cancel_run", "get_report", "plan_text", "run_text", "resolve_teacher", "resolve_student", "SMALL_STUDENTS",
+    "teacher_facts", "list_teachers",
 ]
 
 SMALL_STUDENTS = ("gemma-3-270m", "Qwen/Qwen3-0.6B")
 DEFAULT_ROWS = 1000  # rows labelled when none are asked for (caps cost on big files)
 KNOWN_LABELS = {"sst2": ["negative", "positive"]}
-PROVIDERS = ("openai", "azure", "local")
-KEY_ENV = {"openai": "OPENAI_API_KEY", "azure": "AZURE_AI_API_KEY"}  # catalog teachers: where their key is expected
+_PLAIN = re.compile(r"^[\w .:/+-]*$")  # echoed back only when it is plain words (no markup, no mentions)
 
 
 def list_datasets() -> list[dict[str, Any]]:
@@ -49,12 +51,25 @@ def describe_dataset(name: str) -> dict[str, Any]:
     return _describe(name)
 
 
+def list_teachers() -> list[dict[str, Any]]:
+    """The operator's teacher profiles (the names chat picks a teacher by), default first."""
+    profiles = load_profiles()
+    items = [{**p.to_dict(), "params_b": _teacher_params_b(p), "default": p.name == profiles.default_name}
+             for p in profiles.profiles.values()]
+    return sorted(items, key=lambda d: not d["default"])
+
+
 def list_models(query: str | None = None) -> list[dict[str, Any]]:
-    """Catalog entries matching query (all when empty), with memory needs and whether this machine can train them."""
+    """Catalog entries matching query (all when empty), with memory needs and whether this machine can train them.
+
+    API teachers say which teacher profile serves them (`profiles`), empty when the operator configured none.
+    """
     hw = detect_hardware()
+    profiles = load_profiles()
     out = []
     for e in resolve_models(query or ""):
         d = e.to_dict()
+        d["profiles"] = [p.name for p in profiles.profiles.values() if p.model.lower() in (e.id.lower(), e.id.split("/")[-1].lower())]
         if e.trainable:
             method = best_method(e, hw)
             d["trainable_here"], d["why"] = can_train(e, method, hw)
@@ -68,46 +83,55 @@ def list_models(query: str | None = None) -> list[dict[str, Any]]:
 # resolution ------------------------------------------------------------------------------------------------
 
 
-def resolve_teacher(phrase: str | None) -> tuple[dict[str, Any], str]:
-    """The spec's teacher section for a phrase ("gpt-4o", "openai:my-model", "Meta-Llama-3.1-405B-Instruct", "local")."""
-    if not phrase or phrase.strip().lower() in ("local", "default", "gemma-3-270m"):
-        return {"provider": "local", "model": "gemma-3-270m", "few_shot": 8}, "gemma-3-270m (local, 8-shot; free, offline)"
-    text = phrase.strip()
-    provider, sep, model = text.partition(":")
-    if sep and provider.lower() in PROVIDERS and model:
-        entry = find_model(model)
-        section: dict[str, Any] = {"provider": provider.lower(), "model": model}
-        if entry and entry.price_per_mtok:
-            section["price_per_mtok"] = {"input": entry.price_per_mtok[0], "output": entry.price_per_mtok[1]}
-        return section, f"{model} ({provider.lower()})"
-    if Path(text).expanduser().is_dir():
-        return {"provider": "local", "model": str(Path(text).expanduser().resolve())}, f"{text} (local folder)"
-    entry = find_model(text)
-    if entry is None:
-        matches = resolve_models(text, role="teacher")
-        entry = matches[0] if len(matches) == 1 else None
-    if entry is None:
-        known = ", ".join(e.id for e in CATALOG if e.teacher_provider != "local")
-        raise TeacherError(f"unknown teacher '{text[:80]}'; use one of {known}, a provider:model such as openai:gpt-4o, or local.")
-    section = {"provider": entry.teacher_provider, "model": entry.id}
-    if entry.teacher_provider in KEY_ENV:
-        section["api_key_env"] = KEY_ENV[entry.teacher_provider]
-    if entry.teacher_provider == "azure" and os.environ.get("AZURE_AI_ENDPOINT"):
-        section["base_url"] = os.environ["AZURE_AI_ENDPOINT"]
-    if entry.price_per_mtok:
-        section["price_per_mtok"] = {"input": entry.price_per_mtok[0], "output": entry.price_per_mtok[1]}
-    return section, f"{entry.id} ({entry.teacher_provider})"
+def _teacher_params_b(profile: TeacherProfile) -> float | None:
+    if profile.params_b:
+        return profile.params_b
+    entry = find_model(profile.model)
+    return entry.params_b if entry and entry.params_b else None
 
 
-def resolve_student(phrase: str | None) -> tuple[ModelEntry, list[ModelEntry]]:
-    """A catalog entry (or a local folder as a custom entry) and the other candidates the phrase matched."""
+def resolve_teacher(phrase: str | None, profiles: Profiles | None = None) -> TeacherProfile:
+    """The operator's teacher profile a phrase names: a profile name, or the model of exactly one profile.
+
+    No phrase (or "default") is the operator's default profile; "local" is the embedded teacher. Chat never
+    builds a teacher from a provider, endpoint or folder: those live in the profiles (pipeline/profiles.py).
+    """
+    profiles = profiles or load_profiles()
+    text = (phrase or "").strip()
+    if not text or text.lower() == "default":
+        return profiles.default
+    found = profiles.find(text)
+    if found is None:
+        by_model = [p for p in profiles.profiles.values() if p.model.lower() == text.lower()
+                    or p.model.split("/")[-1].lower() == text.lower()]
+        found = by_model[0] if len(by_model) == 1 else None
+    if found is None:
+        shown = text[:60] if _PLAIN.match(text[:60]) else "that"
+        raise TeacherError(f"unknown teacher '{shown}'; pick a configured teacher profile ({', '.join(profiles.names())}); "
+                           f"operators declare teachers in DISTILLERY_HOME/{PROFILES_FILE}.")
+    return found
+
+
+def _custom_student(model: str) -> ModelEntry:
+    path = Path(model).expanduser()
+    params = (local_model_params_b(path) or 0.0) if path.is_dir() else 0.0
+    return ModelEntry(str(path.resolve()) if path.is_dir() else model, "custom", round(params, 4), 0,
+                      "see the model's own licence", "student", ("local",))
+
+
+def resolve_student(phrase: str | None, profiles: Profiles | None = None) -> tuple[ModelEntry, list[ModelEntry]]:
+    """A catalog entry, or one of the operator's allowed students, and the other candidates the phrase matched."""
     if not phrase:
         return find_model("gemma-3-270m"), []
     text = phrase.strip()
-    path = Path(text).expanduser()
-    if path.is_dir():
-        params = local_model_params_b(path) or 0.0
-        return ModelEntry(str(path.resolve()), "local", round(params, 4), 0, "see the model's own licence", "student", ("local",)), []
+    allowed = (profiles or load_profiles()).students
+    for model in allowed:  # the operator's list: exactly, or by its last path part
+        if text in (model, model.rstrip("/").split("/")[-1]) or (Path(text).expanduser().is_dir()
+                                                                  and Path(text).expanduser().resolve() == Path(model).expanduser().resolve()):
+            return _custom_student(model), []
+    if text.startswith(("/", "~", ".", "\\")) or Path(text).expanduser().exists():
+        raise ModelError("no student model matches that folder: chat cannot name model folders; pick one from `models` "
+                         f"or ask the operator to allow it (`students:` in DISTILLERY_HOME/{PROFILES_FILE}).")
     exact = find_model(text)
     if exact is not None:
         if not exact.trainable:
@@ -115,18 +139,10 @@ def resolve_student(phrase: str | None) -> tuple[ModelEntry, list[ModelEntry]]:
         return exact, []
     matches = [e for e in resolve_models(text, role="student") if e.trainable]
     if not matches:
-        raise ModelError(f"no student model matches '{text[:80]}'; try `models` for the catalog, a hub id, or a local model folder.")
+        shown = text[:80] if _PLAIN.match(text[:80]) else "that"
+        raise ModelError(f"no student model matches '{shown}'; pick one from `models` (the catalog) or one the operator "
+                         f"allows (`students:` in DISTILLERY_HOME/{PROFILES_FILE}).")
     return matches[0], matches[1:]
-
-
-def _parse_overrides(overrides: Any) -> list[str]:
-    if not overrides:
-        return []
-    if isinstance(overrides, dict):
-        return [f"{k}={v}" for k, v in overrides.items()]
-    if isinstance(overrides, str):
-        return shlex.split(overrides) if "=" in overrides else []
-    return [str(o) for o in overrides]
 
 
 def _who(requested_by: Any) -> dict[str, Any]:
@@ -183,65 +199,111 @@ def _expected_minutes(entry: ModelEntry, rows: int, epochs: float, gpu: bool, to
     return round((train_s + label_s) / 60, 1)
 
 
+def teacher_facts(profile_name: str, teacher: dict[str, Any]) -> dict[str, Any]:
+    """What the card and the plan text say about the teacher, read from the final spec's teacher section."""
+    provider, model = teacher.get("provider") or "local", teacher.get("model") or "?"
+    host = endpoint_host(teacher)
+    key = teacher.get("api_key_env")
+    shots = f", {teacher.get('few_shot')}-shot" if teacher.get("few_shot") else ""
+    where = "local, offline" if provider == "local" else f"{provider} at {host}"
+    return {"teacher_profile": profile_name, "teacher_provider": provider, "teacher_model": model,
+            "teacher_endpoint": host, "teacher_key_env": key,
+            "teacher": f"{profile_name}: {Path(model).name if provider == 'local' else model} ({where}{shots})"}
+
+
+def _pick_teacher(teacher: str | None, student: ModelEntry, profiles: Profiles) -> tuple[TeacherProfile, list[str], str | None]:
+    """The profile, notes about its size, and a reason the plan cannot run (a smaller default for a bigger student)."""
+    profile = resolve_teacher(teacher, profiles)
+    t_size, s_size = _teacher_params_b(profile), student.params_b or 0.0
+    if not t_size or t_size >= s_size:
+        return profile, [], None
+    if teacher and teacher.strip().lower() != "default":
+        return profile, [f"the teacher {profile.name} ({t_size:g}B) is smaller than the student {student.id} "
+                         f"({s_size:g}B): distilling into a bigger model usually makes it worse."], None
+    bigger = [p for p in profiles.profiles.values() if (_teacher_params_b(p) or float("inf")) >= s_size and not p.builtin]
+    if len(bigger) == 1:
+        return bigger[0], [f"teacher {bigger[0].name} was chosen because the default teacher {profile.name} "
+                           f"({t_size:g}B) is smaller than the student {student.id} ({s_size:g}B)."], None
+    if bigger:
+        names = ", ".join(p.name for p in bigger)
+        return profile, [], (f"the default teacher {profile.name} ({t_size:g}B) is smaller than the student {student.id} "
+                             f"({s_size:g}B); name a bigger teacher ({names}).")
+    return profile, [], (f"the only teacher available here, {profile.name} ({t_size:g}B), is smaller than the student "
+                         f"{student.id} ({s_size:g}B); an operator must declare a bigger teacher in "
+                         f"DISTILLERY_HOME/{PROFILES_FILE} (provider, model, base_url, api_key_env).")
+
+
 def plan_distillation(dataset: str, student: str | None = None, teacher: str | None = None, task: str | None = None,
                       rows: int | None = None, overrides: Any = None, requested_by: Any = None, *,
                       plans: PlanStore | None = None) -> Plan:
-    """Validate, resolve defaults, estimate cost and hardware, and store a plan that must be started explicitly."""
+    """Validate a request from chat against the allow-list, resolve defaults, estimate, and store a plan.
+
+    Every caller of this function is a front door (Slack, the agent, MCP): overrides pass skills.policy first,
+    the teacher is an operator's profile, and the summary is read back from the final validated spec.
+    """
     plans = plans or PlanStore()
+    chat_keys = chat_overrides(overrides)  # first: nothing a refused key names is ever read
+    profiles = load_profiles()
     # 1. dataset and task
     info = find_dataset(dataset)
     records = read_records(info.train)
     if task and task not in TASKS:
-        raise DistilleryError(f"unknown task '{task}'; known: {', '.join(TASKS)} (or leave it out to detect it).")
+        raise DistilleryError(f"unknown task '{task[:40] if _PLAIN.match(task[:40]) else 'that'}'; known: {', '.join(TASKS)} (or leave it out to detect it).")
     task = task or detect_task(records[0])
     labels, label_note = _labels_for(info.name, records, task)
     # 2. models
-    student_entry, others = resolve_student(student)
-    teacher_section, teacher_name = resolve_teacher(teacher)
+    student_entry, others = resolve_student(student, profiles)
+    profile, teacher_notes, teacher_block = _pick_teacher(teacher, student_entry, profiles)
     hw = detect_hardware()
-    method = best_method(student_entry, hw)
-    # 3. the spec: defaults, then the caller's overrides
-    rows = int(rows) if rows else min(len(records), DEFAULT_ROWS)
+    # 3. the spec: defaults, then the allowed overrides; validated once, and everything below reads it
+    wanted_rows = int(rows) if rows else min(len(records), DEFAULT_ROWS)
     data: dict[str, Any] = {
         "task": task,
         "labels": labels,
-        "dataset": {"train": info.train, "test": info.test, "train_size": rows},
-        "teacher": teacher_section,
-        "student": {"model": student_entry.id, "method": method},
-        "out": "runs/default",  # the registry gives each submitted run its own folder
+        "dataset": {"train": info.train, "test": info.test, "train_size": wanted_rows},
+        "teacher": dict(profile.section),
+        "student": {"model": student_entry.id, "method": best_method(student_entry, hw)},
+        "out": "runs/default",  # decided again when the plan starts: DISTILLERY_HOME/runs/<run id>
     }
-    spec = validate_spec(apply_overrides(data, _parse_overrides(overrides)))
+    spec = validate_spec(apply_overrides(data, chat_keys))
     method = spec.student.method
     test = split_info(spec)  # dataset.test, else rows held out of the training file (pipeline/splits.py)
-    if test["source"] == "held_out" and rows > len(records) - test["rows"]:
-        rows = spec.dataset.train_size = len(records) - test["rows"]  # the held-out rows are never labelled
+    trainable = len(records) - (test["rows"] if test["source"] == "held_out" else 0)
+    if (spec.dataset.train_size or len(records)) > trainable:
+        spec.dataset.train_size = trainable  # the held-out rows are never labelled
+    rows_final = spec.dataset.train_size or trainable
     # 4. estimate, hardware, notes
     est = _estimate(spec)
-    runnable, why = can_train(student_entry, method, hw) if student_entry.params_b else (True, "local student; size unknown")
-    notes = [n for n in (label_note,) if n]
+    runnable, why = can_train(student_entry, method, hw) if student_entry.params_b else (True, "custom student; size unknown")
+    if teacher_block:
+        runnable, why = False, teacher_block if runnable else f"{why} Also, {teacher_block}"
+    notes = [n for n in (label_note,) if n] + teacher_notes
     if others:
         notes.append(f"'{student}' also matches {', '.join(e.id for e in others)}; say which if you prefer another.")
     key_env = spec.teacher.api_key_env
     if key_env and not os.environ.get(key_env):
         notes.append(f"{key_env} is not set here; the worker that runs this plan needs it (export {key_env}=...).")
-    if spec.teacher.provider == "azure" and not spec.teacher.base_url:
-        notes.append("the azure teacher needs its endpoint: add teacher.base_url=https://<resource>.openai.azure.com/openai/v1/ (or set AZURE_AI_ENDPOINT).")
+    if spec.teacher.provider.startswith("azure") and not spec.teacher.base_url:
+        notes.append(f"the teacher profile {profile.name} has no base_url; the operator sets it in {PROFILES_FILE}.")
     if test["source"] == "none":
         notes.append(test["text"] + ".")
-    trainable = len(records) - (test["rows"] if test["source"] == "held_out" else 0)
-    if rows < trainable and not (overrides and "train_size" in str(overrides)):
-        notes.append(f"labels {rows} of {trainable} rows; ask for more rows if you want them.")
+    if rows_final < trainable and not rows and not any(k.startswith("dataset.train_size=") for k in chat_keys):
+        notes.append(f"labels {rows_final} of {trainable} rows; ask for more rows if you want them.")
     alternatives = []
-    if not runnable:
+    if not runnable and not teacher_block:
         need = student_entry.memory_gb(method if hw.gpu else "qlora")
         alternatives = [f"a smaller student such as {' or '.join(SMALL_STUDENTS)}",
                         f"a GPU worker with at least {need:g} GB (QLoRA) running `distillery worker`"]
+    elif teacher_block:
+        alternatives = [f"a smaller student such as {' or '.join(SMALL_STUDENTS)}", "a bigger teacher profile"]
     summary = {
-        "dataset": info.name, "task": task, "labels": labels, "teacher": teacher_name, "student": student_entry.id,
-        "student_params_b": student_entry.params_b, "method": method, "rows": rows,
-        "test": test["text"], "test_rows": test["rows"], "estimate": est, "hardware_needed": f"~{student_entry.memory_gb(method):g} GB for {method}" if student_entry.params_b else "small",
+        "dataset": info.name, "task": spec.task, "labels": spec.labels, **teacher_facts(profile.name, spec.teacher.model_dump(mode="json")),
+        "teacher_params_b": _teacher_params_b(profile), "student": student_entry.id,
+        "student_params_b": student_entry.params_b, "method": method, "rows": rows_final,
+        "test": test["text"], "test_rows": test["rows"], "estimate": est,
+        "hardware_needed": f"~{student_entry.memory_gb(method):g} GB for {method}" if student_entry.params_b else "small",
         "hardware_here": hw.describe(), "runnable": runnable, "why": why, "alternatives": alternatives,
-        "expected_minutes": _expected_minutes(student_entry, rows, spec.train.epochs, hw.gpu), "notes": notes,
+        "expected_minutes": _expected_minutes(student_entry, rows_final, spec.train.epochs, hw.gpu), "notes": notes,
     }
     return plans.create(spec.model_dump(mode="json"), summary, _who(requested_by))
 
@@ -256,8 +318,8 @@ def start_plan(plan_id: str, requested_by: Any = None, *, plans: PlanStore | Non
         raise DistilleryError(f"plan {plan.id} cannot run on this deployment ({plan.summary.get('why')}); plan again with {alts}.")
     plan = plans.claim(plan.id)
     who = {**plan.requested_by, **_who(requested_by), "plan": plan.id}
-    try:
-        record = registry.submit(validate_spec(plan.spec), who)
+    try:  # the folder is decided now, never read from the plan: DISTILLERY_HOME/runs/<run id>
+        record = registry.submit(validate_spec(plan.spec), who, own_folder=True)
     except Exception:
         plans.reopen(plan.id)
         raise
@@ -298,9 +360,12 @@ def _money(x: float) -> str:
 
 def plan_text(plan: Plan) -> str:
     s, est = plan.summary, plan.summary.get("estimate", {})
+    key = f"; key variable {s['teacher_key_env']}" if s.get("teacher_key_env") else ""
     lines = [
         f"Plan {plan.id} ({plan.status}): distil {s['teacher']} into {s['student']} ({s['method']}) on {s['dataset']}, "
         f"task {s['task']}, {s['rows']} rows; {s.get('test') or 'no test rows'}.",
+        f"Teacher profile {s.get('teacher_profile', '?')}: {s.get('teacher_model', '?')} via "
+        f"{s.get('teacher_provider', '?')} at {s.get('teacher_endpoint', '?')}{key}.",
         f"Teacher cost: ~{est.get('prompt_tokens', 0):,} prompt + {est.get('completion_tokens', 0):,} completion tokens, "
         f"about {_money(est.get('cost_usd', 0.0))}{' (rough)' if est.get('rough') else ''}.",
         f"Hardware: {s['hardware_needed']}; this deployment: {s['hardware_here']}. Expected time: ~{s['expected_minutes']} min.",

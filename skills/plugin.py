@@ -50,10 +50,12 @@ def _sentence(err: Exception) -> str:
 class DistillationPlugin:
     """Datasets, models, plans and runs. Planning is free; starting a plan spends teacher tokens."""
 
-    def __init__(self, registry: Registry | None = None, plans: PlanStore | None = None, source: str = "agent"):
+    def __init__(self, registry: Registry | None = None, plans: PlanStore | None = None, source: str = "agent",
+                 may_start: bool = True):
         self.registry = registry or Registry()
         self.plans = plans or PlanStore()
         self.source = source
+        self.may_start = may_start  # the front door's own right (MCP: --rights); a turn can only narrow it
 
     def _who(self) -> dict[str, Any]:
         turn = current_turn.get()
@@ -62,7 +64,7 @@ class DistillationPlugin:
     def _may_start(self) -> bool:
         """Front doors with allow-lists (Slack) put may_start in the turn; the check holds whatever the model says."""
         turn = current_turn.get()
-        return not (turn and turn.requested_by.get("may_start") is False)
+        return self.may_start and not (turn and turn.requested_by.get("may_start") is False)
 
     @kernel_function(description="List the datasets available for distillation (names to use in plan_distillation).")
     def list_datasets(self) -> str:
@@ -88,19 +90,33 @@ class DistillationPlugin:
         return (f"Dataset {d['name']}: {d['rows']} rows{test}; fields {', '.join(d['fields'])}; task {d['task'] or 'unknown'}{labels}.\n"
                 f"Samples ({d['samples_note']}):\n{samples}")
 
-    @kernel_function(description="List candidate student/teacher models matching a query such as 'an 8B model', 'something small', 'llama 8b' (empty: all), with memory needs and whether this machine can train them.")
+    @kernel_function(description="List the configured teacher profiles (teachers are picked by profile name) and candidate student models matching a query such as 'an 8B model', 'something small', 'llama 8b' (empty: all), with memory needs and whether this machine can train them.")
     def list_models(self, query: Annotated[str, "what kind of model; empty for the whole catalog"] = "") -> str:
-        items = ops.list_models(query)
+        try:
+            teachers, items = ops.list_teachers(), ops.list_models(query)
+        except DistilleryError as err:
+            return _sentence(err)
+        show_teachers = not query.strip() or "teacher" in query.lower()
+        lines = ["Teacher profiles (pick a teacher by this name):"] if show_teachers else []
+        for t in teachers if show_teachers else []:
+            size = f", {t['params_b']:g}B" if t.get("params_b") else ""
+            key = f", key {t['api_key_env']}" if t.get("api_key_env") else ""
+            lines.append(f"- {t['name']}{' (default)' if t['default'] else ''}: {t['model']} via {t['provider']} at "
+                         f"{t['endpoint']}{size}{key}")
         if not items:
-            return f"No catalog model matches '{query}'; a hub id or local folder also works as a student."
-        lines = []
+            return "\n".join(lines + [f"No catalog model matches '{query[:60]}'; pick a student from `models`."])
+        if show_teachers:
+            lines.append("Models:")
         for m in items:
             if m["memory_gb"]:
                 mem = m["memory_gb"]
                 lines.append(f"- {m['id']} ({m['params_b']:g}B, {m['role']}): LoRA ~{mem['lora']} GB, QLoRA ~{mem['qlora']} GB, "
                              f"full ~{mem['full']} GB; here: {'yes' if m['trainable_here'] else 'no'} ({m['why']})")
+            elif m["profiles"]:
+                lines.append(f"- {m['id']} (teacher; profile {', '.join(m['profiles'])})")
             else:
-                lines.append(f"- {m['id']} (teacher via {', '.join(m['providers'])})")
+                lines.append(f"- {m['id']} (teacher via {', '.join(m['providers'])}; not configured here: "
+                             "an operator declares it in teachers.yaml)")
         return "\n".join(lines)
 
     @kernel_function(description="Make a distillation plan (free, spends nothing): resolves defaults, estimates teacher cost and hardware. Always call this and show the plan before starting.")
@@ -108,10 +124,10 @@ class DistillationPlugin:
         self,
         dataset: Annotated[str, "dataset name or path inside a data folder"],
         student: Annotated[str, "student model: catalog id, phrase like 'something small', hub id, or local folder; empty for gemma-3-270m"] = "",
-        teacher: Annotated[str, "teacher: gpt-4o, gpt-4o-mini, Meta-Llama-3.1-405B-Instruct, provider:model, or local; empty for the local default"] = "",
+        teacher: Annotated[str, "teacher profile name from list_models (e.g. local); empty for the operator's default"] = "",
         task: Annotated[str, "classification, nli, multiple_choice, math, summarization or chat; empty to detect"] = "",
         rows: Annotated[int, "how many training rows to label; 0 for the default"] = 0,
-        overrides: Annotated[str, "optional space-separated key=value spec overrides, e.g. 'train.epochs=1 teacher.few_shot=4'"] = "",
+        overrides: Annotated[str, "optional space-separated key=value knobs, e.g. 'train.epochs=1 teacher.few_shot=4' (endpoints, keys, providers, paths, instructions and out are the operator's and are refused)"] = "",
     ) -> str:
         try:
             plan = ops.plan_distillation(dataset, student or None, teacher or None, task or None, rows or None,

@@ -7,6 +7,7 @@ import re
 import time
 
 import pytest
+from teacher_profiles import write_profiles
 from scripted_chat_server import ScriptedChatServer, call, echo_tool_result, tool_results, tools_offered
 
 from bot.agent import build_agent
@@ -35,7 +36,8 @@ def _run_id_in_history(req: dict) -> dict:
     return {"run_id": re.findall(r"as run ([0-9a-f]+)", text)[-1]}
 
 
-def test_plan_start_status_cancel_through_semantic_kernel(monkeypatch):
+def test_plan_start_status_cancel_through_semantic_kernel(monkeypatch, isolated_home):
+    write_profiles(isolated_home, {"mini": {"provider": "openai", "model": "gpt-4o-mini", "api_key_env": "OPENAI_API_KEY"}})
     script = [
         call("distillery-plan_distillation", dataset="sst2", student="gemma-3-270m", teacher="gpt-4o-mini", rows=20),
         echo_tool_result(),

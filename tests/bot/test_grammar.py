@@ -11,6 +11,7 @@ from bot.grammar import MODE_NOTE
 from pipeline.registry import Registry
 from pipeline.worker import run_worker
 from skills.plans import PlanStore
+from teacher_profiles import write_profiles
 
 
 def _say(agent, text, conversation="G1"):
@@ -48,13 +49,15 @@ def test_mistakes_get_clear_sentences(tmp_path, monkeypatch):
     assert registry.list_runs() == []
 
 
-def test_an_8b_student_without_a_gpu_is_answered_honestly(monkeypatch):
+def test_an_8b_student_without_a_gpu_is_answered_honestly(monkeypatch, isolated_home):
     import skills.operations as ops
     from skills.catalog import Hardware
 
     monkeypatch.setattr(ops, "detect_hardware", lambda: Hardware(False, cpu_count=2, ram_gb=24.0))
+    write_profiles(isolated_home, {"4o": {"provider": "openai", "model": "gpt-4o", "api_key_env": "OPENAI_API_KEY",
+                                          "price_per_mtok": {"input": 2.5, "output": 10.0}}})
     agent, registry = build_agent(), Registry()
-    plan = _say(agent, "distill sst2 into an 8B model with gpt-4o")
+    plan = _say(agent, "distill sst2 into an 8B model with 4o")
     assert plan.plan_id and "Cannot run here" in plan.text
     assert "gemma-3-270m" in plan.text and "Qwen/Qwen3-0.6B" in plan.text and "GPU worker" in plan.text
     summary = PlanStore().get(plan.plan_id).summary
@@ -65,11 +68,12 @@ def test_an_8b_student_without_a_gpu_is_answered_honestly(monkeypatch):
     assert registry.list_runs() == [] and PlanStore().get(plan.plan_id).status == "open"
 
 
-def test_plan_confirm_run_status_report_with_a_worker(tiny_model):
+def test_plan_confirm_run_status_report_with_a_worker(tiny_model, isolated_home):
     with FakeLLMServer(responder=lambda req: "positive") as teacher:
+        write_profiles(isolated_home, {"fake": {"provider": "openai", "model": "fake-teacher",
+                                                "base_url": teacher.openai_base_url}}, students=[str(tiny_model)])
         agent, registry = build_agent(), Registry()
-        plan = _say(agent, f"distill sst2 into {tiny_model} with openai:fake-teacher rows=8 "
-                           f"teacher.base_url={teacher.openai_base_url} dataset.test_size=8 train.max_steps=2 "
+        plan = _say(agent, f"distill sst2 into {tiny_model} with fake rows=8 dataset.test_size=8 train.max_steps=2 "
                            "train.batch_size=4 eval.batch_size=8 eval.teacher=false")
         assert plan.plan_id, plan.text
         assert registry.list_runs() == [] and len(teacher.requests) == 0  # a plan spends nothing

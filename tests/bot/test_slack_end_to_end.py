@@ -15,6 +15,7 @@ from fake_slack import FakeSlack
 from pipeline.registry import Registry
 from pipeline.worker import run_worker
 from skills.plans import PlanStore
+from teacher_profiles import write_profiles
 from slack_harness import BOT_TOKEN, SIGNING_SECRET, AppServer, mention
 
 
@@ -23,18 +24,20 @@ def answer(req) -> str:
     return "negative" if any(w in text for w in ("dull", "bad", "boring", "worst", "not")) else "positive"
 
 
-def test_mention_plan_start_worker_status_updates_report_and_chart(tiny_model, tmp_path):
+def test_mention_plan_start_worker_status_updates_report_and_chart(tiny_model, tmp_path, isolated_home):
     thread = "1690000001.000100"
     registry, plans = Registry(), PlanStore()
     with FakeSlack() as slack, FakeLLMServer(responder=answer) as teacher:
+        write_profiles(isolated_home, {"fake": {"provider": "openai", "model": "fake-teacher", "concurrency": 1,
+                                                "max_retries": 0, "base_url": teacher.openai_base_url}},
+                       students=[str(tiny_model)])
         config = SlackConfig(bot_token=BOT_TOKEN, signing_secret=SIGNING_SECRET, api_url=slack.api_url,
                              admins=frozenset({"UADMIN"}))
         app = create_app(config, registry=registry, plans=plans, poll_s=0.1, update_interval_s=0.3)
         with AppServer(app) as server:
             # 1. the request, as Slack formats it (URLs in angle brackets)
-            request = (f"distill sst2 into {tiny_model} with openai:fake-teacher rows=16 dataset.test_size=8 "
-                       f"teacher.base_url=<{teacher.openai_base_url}> teacher.concurrency=1 teacher.max_retries=0 "
-                       "teacher.params.max_tokens=8 student.device=cpu train.max_steps=6 train.batch_size=2 "
+            request = (f"distill sst2 into {tiny_model} with fake rows=16 dataset.test_size=8 "
+                       "teacher.params.max_tokens=8 train.max_steps=6 train.batch_size=2 "
                        "eval.batch_size=8 eval.max_new_tokens=4")
             assert server.post_event(mention(request, "UADMIN", "C1", thread)) == 200
             card = slack.wait_for(lambda: [c for c in slack.calls("chat.postMessage") if "distill_start" in str(c.get("blocks"))],
@@ -75,8 +78,9 @@ def test_mention_plan_start_worker_status_updates_report_and_chart(tiny_model, t
     assert len(registry.list_runs()) == 1
 
 
-def test_yes_in_the_thread_starts_the_plan_with_the_real_agent_and_the_card_loses_its_buttons(tiny_model):
+def test_yes_in_the_thread_starts_the_plan_with_the_real_agent_and_the_card_loses_its_buttons(tiny_model, isolated_home):
     thread = "1690000001.000200"
+    write_profiles(isolated_home, {}, students=[str(tiny_model)])
     registry, plans = Registry(), PlanStore()
     with FakeSlack() as slack:
         config = SlackConfig(bot_token=BOT_TOKEN, signing_secret=SIGNING_SECRET, api_url=slack.api_url,

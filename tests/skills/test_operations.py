@@ -2,13 +2,19 @@
 
 import pytest
 
-from pipeline.errors import DistilleryError, ModelError, RunError
+from pipeline.errors import DistilleryError, ModelError, RunError, TeacherError
 from pipeline.registry import Registry
 from skills import operations as ops
 from skills.plans import PlanStore
+from teacher_profiles import write_profiles
 
 
-def test_plan_resolves_defaults_and_overrides():
+MINI = {"provider": "openai", "model": "gpt-4o-mini", "api_key_env": "OPENAI_API_KEY",
+        "price_per_mtok": {"input": 0.15, "output": 0.6}}
+
+
+def test_plan_resolves_defaults_and_overrides(isolated_home):
+    write_profiles(isolated_home, {"mini": MINI})
     plan = ops.plan_distillation("sst2", "gemma-3-270m", "gpt-4o-mini", rows=40,
                                  overrides="train.epochs=1 teacher.few_shot=2", requested_by="U1")
     assert plan.spec["labels"] == ["negative", "positive"] and plan.spec["task"] == "classification"
@@ -21,7 +27,10 @@ def test_plan_resolves_defaults_and_overrides():
     assert plan.id in text and "gpt-4o-mini" in text and "40 rows" in text
 
 
-def test_local_folder_student_and_local_teacher_cost_nothing(tiny_model):
+def test_allowed_local_folder_student_and_local_teacher_cost_nothing(tiny_model, isolated_home):
+    with pytest.raises(ModelError, match="no student model matches"):  # a folder chat names is not enough
+        ops.plan_distillation("sst2", str(tiny_model), None, rows=8)
+    write_profiles(isolated_home, {}, students=[str(tiny_model)])
     plan = ops.plan_distillation("sst2", str(tiny_model), None, rows=8)
     assert plan.spec["student"]["model"] == str(tiny_model) and plan.spec["teacher"]["provider"] == "local"
     assert plan.summary["estimate"]["cost_usd"] == 0 and plan.summary["runnable"]
@@ -45,11 +54,16 @@ def test_errors_say_what_to_do():
     assert PlanStore().get(plan.id).run_id == record.id and Registry().get(record.id).spec["dataset"]["train_size"] == 4
 
 
-def test_catalog_teachers_name_their_key_variable_and_endpoint():
-    plan = ops.plan_distillation("sst2", "gemma-3-270m", "Meta-Llama-3.1-405B-Instruct", rows=4)
+def test_teacher_profiles_name_their_key_variable_and_endpoint(isolated_home):
+    with pytest.raises(TeacherError, match="unknown teacher 'gpt-4o'; pick a configured teacher profile \\(local\\)"):
+        ops.plan_distillation("sst2", "gemma-3-270m", "gpt-4o", rows=4)
+    write_profiles(isolated_home, {"big": {"provider": "azure", "model": "Meta-Llama-3.1-405B-Instruct",
+                                           "api_key_env": "AZURE_AI_API_KEY"}, "4o": {**MINI, "model": "gpt-4o"}})
+    plan = ops.plan_distillation("sst2", "gemma-3-270m", "big", rows=4)
     assert plan.spec["teacher"]["provider"] == "azure" and plan.spec["teacher"]["api_key_env"] == "AZURE_AI_API_KEY"
     notes = " ".join(plan.summary["notes"])
-    assert "AZURE_AI_API_KEY is not set here" in notes and "teacher.base_url=" in notes
+    assert "AZURE_AI_API_KEY is not set here" in notes and "has no base_url; the operator sets it in teachers.yaml" in notes
+    assert plan.summary["teacher_params_b"] == 405.0  # the catalog knows the model's size
     assert ops.plan_distillation("sst2", "gemma-3-270m", "gpt-4o", rows=4).spec["teacher"]["api_key_env"] == "OPENAI_API_KEY"
 
 
