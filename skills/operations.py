@@ -204,6 +204,8 @@ def teacher_facts(profile_name: str, teacher: dict[str, Any]) -> dict[str, Any]:
     provider, model = teacher.get("provider") or "local", teacher.get("model") or "?"
     host = endpoint_host(teacher)
     key = teacher.get("api_key_env")
+    if teacher.get("auth") == "entra":
+        key = "Microsoft Entra ID (no key)"
     shots = f", {teacher.get('few_shot')}-shot" if teacher.get("few_shot") else ""
     where = "local, offline" if provider == "local" else f"{provider} at {host}"
     return {"teacher_profile": profile_name, "teacher_provider": provider, "teacher_model": model,
