@@ -101,6 +101,7 @@ def _plan_pairs(summary: dict[str, Any]) -> list[tuple[str, str]]:
         tokens = (est.get("prompt_tokens") or 0) + (est.get("completion_tokens") or 0)
     cost = _pick(summary, "estimated_cost_usd", default=est.get("cost_usd"))
     rough = " (rough)" if est.get("rough") else ""
+    priced = f" at {est['pricing']}" if est.get("pricing") not in (None, "list price") else ""  # teacher.batch
     hardware = str(_pick(summary, "hardware_needed", "hardware", default="unknown"))
     if summary.get("hardware_here"):
         hardware += f"; here: {summary['hardware_here']}"
@@ -117,7 +118,7 @@ def _plan_pairs(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("Rows to label", format_count(rows) if isinstance(rows, (int, float)) else "all"),
         ("Test", str(summary.get("test") or "no test rows")),
         ("Teacher tokens (est.)", (format_count(tokens) + rough) if isinstance(tokens, (int, float)) else "unknown"),
-        ("Teacher cost (est.)", (_money(cost) + rough) if isinstance(cost, (int, float)) else "unknown"),
+        ("Teacher cost (est.)", (_money(cost) + rough + priced) if isinstance(cost, (int, float)) else "unknown"),
         ("Hardware", hardware),
         ("Expected time", expected),
     ]
@@ -189,6 +190,8 @@ def status_line(run: dict[str, Any]) -> str:
             line += f", {p['rate']:.1f} {unit}/s"
         if p.get("eta_s") is not None:
             line += f", ETA {format_duration(p['eta_s'])}"
+    if (p.get("info") or {}).get("status"):  # e.g. "waiting for batch (x of y done)" with teacher.batch
+        line += f", {p['info']['status']}"
     return line + "."
 
 

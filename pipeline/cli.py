@@ -82,11 +82,11 @@ def label_cmd(args: tuple[str, ...], estimate: bool) -> None:
         e = estimate_fn(spec)
         click.echo(f"rows: {e.rows}  requests to send: {e.requests}  answers already cached: {e.cached}")
         click.echo(f"estimated tokens: {e.prompt_tokens:,} prompt + {e.completion_tokens:,} completion")
-        click.echo(f"estimated cost: ${e.cost_usd:.4f} (teacher.price_per_mtok input={spec.teacher.price_per_mtok.input}, output={spec.teacher.price_per_mtok.output})")
+        click.echo(f"estimated cost: ${e.cost_usd:.4f} at {e.pricing} (teacher.price_per_mtok input={spec.teacher.price_per_mtok.input}, output={spec.teacher.price_per_mtok.output})")
         return
     summary = _with_bar(label, spec)
     out = Path(spec.out)
-    click.echo(f"accepted {summary.accepted} of {summary.requested} rows; rejected {summary.rejected}; cost ${summary.cost_usd:.4f}")
+    click.echo(f"accepted {summary.accepted} of {summary.requested} rows; rejected {summary.rejected}; cost ${summary.cost_usd:.4f} at {summary.pricing}")
     click.echo(f"labels:   {out / 'labels.jsonl'}")
     click.echo(f"rejected: {out / 'rejected.jsonl'}")
 

@@ -39,6 +39,7 @@ from .datasets import Example
 from .errors import LabellingError, SpecError
 from .judging import FAILED, REASONS, TeacherResult, apply_filters, judge, records, same_label, write_jsonl
 from .progress import ProgressFn, Tracker
+from .batch import pricing, teacher_cost  # importing pipeline.batch registers the "batch" sender (teacher.batch)
 from .sending import SendState, run_loop, send
 from .tasks import get_task, resolve_spec, teacher_messages
 from .teachers import TeacherRequest
@@ -66,6 +67,7 @@ class LabelSummary:
     cached: int
     agreement_with_gold: float | None = None
     demos: list[Any] = field(default_factory=list)
+    pricing: str = "list price"  # or "batch price (50 % of list)" with teacher.batch
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,11 +81,12 @@ class Estimate:
     prompt_tokens: int  # characters / 4 of the prompts still to send
     completion_tokens: int  # upper bound: longest option for closed answers, else params.max_tokens
     cost_usd: float
+    pricing: str = "list price"  # or "batch price (50 % of list)" with teacher.batch
 
     def __str__(self) -> str:
         return (f"{self.rows:,} rows: {self.requests:,} requests to send ({self.cached:,} answers cached), "
                 f"~{self.prompt_tokens:,} prompt tokens, at most {self.completion_tokens:,} completion tokens, "
-                f"about ${self.cost_usd:.2f}.")
+                f"about ${self.cost_usd:.2f} at {self.pricing}.")
 
 
 # rows and demonstrations ---------------------------------------------------------------------------------
@@ -171,7 +174,7 @@ class _Rows:
         self.cached = sum(len(reqs) for reqs in requests) - sum(self.remaining)
         self.results: list[TeacherResult | None] = [None] * len(examples)
         self.counts: Counter[str] = Counter()
-        self.state = SendState(on_done=self.answered, backoff_base_s=BACKOFF_BASE_S)
+        self.state = SendState(on_done=self.answered, on_info=self.status, backoff_base_s=BACKOFF_BASE_S)
         self.tracker: Tracker | None = None
         for i in range(len(examples)):
             if self.remaining[i] == 0:
@@ -191,6 +194,11 @@ class _Rows:
             if self.remaining[i] == 0:
                 self._finish(i)
                 self.report()
+
+    def status(self, info: dict) -> None:
+        """on_info of the sending engine: e.g. status="waiting for batch (x of y done)" on the progress line."""
+        if self.tracker is not None:
+            self.tracker.advance(0, force=True, **info)
 
     def report(self, force: bool = False) -> None:
         self.tracker.advance(0 if force else 1, force=force, accepted=self.counts["accepted"], rejected=self.counts["rejected"])
@@ -261,9 +269,9 @@ def label(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
         out=str(out), requested=len(results), accepted=len(accepted), rejected=len(rejected),
         by_reason=dict(Counter(r["reason"] for r in rejected).most_common()),
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-        cost_usd=round(prompt_tokens / 1e6 * t.price_per_mtok.input + completion_tokens / 1e6 * t.price_per_mtok.output, 6),
+        cost_usd=round(teacher_cost(t, prompt_tokens, completion_tokens), 6),
         seconds=round(time.monotonic() - started, 3), requests_sent=stats.sent, cached=stats.cached,
-        agreement_with_gold=agreement, demos=[d.row for d in demos],
+        agreement_with_gold=agreement, demos=[d.row for d in demos], pricing=pricing(t),
     )
     (out / "labelling.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str), encoding="utf-8")
     # 5. enough rows?
@@ -301,6 +309,5 @@ def estimate(spec) -> Estimate:
         completion_tokens = sum(max(len(o) for o in task.options(ex, spec.labels)) // 4 + 1 for ex, _ in todo.values())
     else:  # an upper bound: every answer as long as allowed
         completion_tokens = t.params.max_tokens * len(todo)
-    cost = prompt_tokens / 1e6 * t.price_per_mtok.input + completion_tokens / 1e6 * t.price_per_mtok.output
-    return Estimate(rows=len(rows), requests=len(todo), cached=total - len(todo),
-                    prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=round(cost, 4))
+    return Estimate(rows=len(rows), requests=len(todo), cached=total - len(todo), prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens, cost_usd=round(teacher_cost(t, prompt_tokens, completion_tokens), 4), pricing=pricing(t))

@@ -40,6 +40,7 @@ def build_report(spec, labelling: dict[str, Any], training: dict[str, Any], eval
             "prompt_tokens": labelling.get("prompt_tokens", 0),
             "completion_tokens": labelling.get("completion_tokens", 0),
             "cost_usd": labelling.get("cost_usd", 0.0),
+            "pricing": labelling.get("pricing", "list price"),
             "by_reason": labelling.get("by_reason", {}),
             "agreement_with_gold": labelling.get("agreement_with_gold"),
         },
@@ -95,7 +96,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Labelling: {lab['accepted']} of {lab['requested']} rows accepted, {lab['rejected']} rejected"
         + (f" ({', '.join(f'{k}: {v}' for k, v in lab['by_reason'].items())})" if lab.get("by_reason") else "")
-        + f"; {lab['prompt_tokens']:,} prompt + {lab['completion_tokens']:,} completion tokens, ${lab['cost_usd']:.4f}.",
+        + f"; {lab['prompt_tokens']:,} prompt + {lab['completion_tokens']:,} completion tokens, ${lab['cost_usd']:.4f} at {lab.get('pricing', 'list price')}.",
         f"Training: {tr['examples']} examples, {tr['steps']} steps in {tr['seconds']:.0f} s "
         f"({tr['tokens_per_second']:.0f} tokens/s), final loss {tr['final_loss'] if tr['final_loss'] is None else round(tr['final_loss'], 4)}.",
         "",

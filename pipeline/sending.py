@@ -8,8 +8,10 @@ How: a sender is picked for the teacher (`pick_sender`) and answers `pending` in
   - "concurrent" (API teachers): teacher.concurrency workers, each taking the next request, with our own
     retries (exponential backoff with jitter, Retry-After honoured);
   - "batches" (local teachers, batch_size > 1): one answer_batch() at a time;
-  - any sender registered with `register_sender(name, fn)` and chosen by name (the seam for other transports,
-    e.g. a provider's batch API when teacher.batch is set): `async def fn(teacher, pending, store, state)`.
+  - "batch" (teacher.batch: true; pipeline/batch.py, registered on import of pipeline.labelling): the
+    provider's Batch API;
+  - any sender registered with `register_sender(name, fn)` and chosen by name (the seam for other transports):
+    `async def fn(teacher, pending, store, state, should_stop)`.
 Every answer is put into the store the moment it arrives (so a killed run resumes); failures are never stored.
 A fatal TeacherError (bad key, unknown model) stops everything; should_stop() turning true raises Cancelled.
 """
@@ -46,6 +48,7 @@ class SendState:
     """What the workers of one send() share (one object instead of closures over mutable locals)."""
 
     on_done: Callable[[str], None] = lambda key: None  # called once per request key, answered or failed
+    on_info: Callable[[dict[str, Any]], None] = lambda info: None  # a sender's status for the progress line (batch waits)
     backoff_base_s: float = BACKOFF_BASE_S
     max_retries: int = 6
     concurrency: int = 8  # requests in flight at most

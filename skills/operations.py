@@ -178,7 +178,7 @@ def _estimate(spec) -> dict[str, Any]:
         try:
             est = estimate(spec)
             return {"rows": est.rows, "prompt_tokens": est.prompt_tokens, "completion_tokens": est.completion_tokens,
-                    "cost_usd": round(est.cost_usd, 4), "requests": est.requests}
+                    "cost_usd": round(est.cost_usd, 4), "requests": est.requests, "pricing": est.pricing}
         except DistilleryError:
             raise
         except Exception:  # an estimate is advice: a bug there must not block planning
@@ -369,7 +369,8 @@ def plan_text(plan: Plan) -> str:
         f"Teacher profile {s.get('teacher_profile', '?')}: {s.get('teacher_model', '?')} via "
         f"{s.get('teacher_provider', '?')} at {s.get('teacher_endpoint', '?')}{key}.",
         f"Teacher cost: ~{est.get('prompt_tokens', 0):,} prompt + {est.get('completion_tokens', 0):,} completion tokens, "
-        f"about {_money(est.get('cost_usd', 0.0))}{' (rough)' if est.get('rough') else ''}.",
+        f"about {_money(est.get('cost_usd', 0.0))}{' (rough)' if est.get('rough') else ''}"
+        f"{' at ' + est['pricing'] if est.get('pricing', 'list price') != 'list price' else ''}.",
         f"Hardware: {s['hardware_needed']}; this deployment: {s['hardware_here']}. Expected time: ~{s['expected_minutes']} min.",
     ]
     if s.get("runnable"):
@@ -388,7 +389,8 @@ def run_text(record: RunRecord, registry: Registry | None = None) -> str:
     if record.status in ("labelling", "training", "evaluating") and p.get("total"):
         rate = f", {p['rate']:.1f} {p.get('unit', 'rows')}/s" if p.get("rate") else ""
         eta = f", ETA {p['eta_s']:.0f} s" if p.get("eta_s") is not None else ""
-        text += f" ({record.stage or record.status} {p.get('done', 0)}/{p['total']}{rate}{eta})"
+        status = f", {p['info']['status']}" if (p.get("info") or {}).get("status") else ""  # "waiting for batch (x of y done)"
+        text += f" ({record.stage or record.status} {p.get('done', 0)}/{p['total']}{rate}{eta}{status})"
     text += f"; student {Path(student).name if '/' in student and Path(student).is_dir() else student}."
     if record.error:
         text += f" Error: {record.error}"

@@ -105,6 +105,7 @@ class AzureTeacher(OpenAITeacher):
     """The openai teacher against an Azure v1 endpoint, authenticated by `api-key` or Microsoft Entra ID."""
 
     batch_endpoint = "/chat/completions"  # Azure's Batch API names the route without /v1
+    batch_max_requests = 100_000  # Azure global batch: 100,000 requests and 200 MB per input file
 
     def __init__(self, spec, credential: Any | None = None) -> None:
         self._credential = credential

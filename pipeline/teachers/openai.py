@@ -129,8 +129,9 @@ class AiohttpTransport:
         t = request.extensions.get("timeout") or {}
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.get("connect"), sock_read=t.get("read"))
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw if k.lower() != b"accept-encoding"]
+        body = await request.aread()  # JSON bodies are already bytes; multipart uploads (batch files) are streams
         try:
-            async with self._session.request(request.method, str(request.url), headers=headers, data=request.content, timeout=timeout,
+            async with self._session.request(request.method, str(request.url), headers=headers, data=body, timeout=timeout,
                                              proxy=self._proxy(request.url)) as r:
                 body = await r.read()
                 out_headers = [(k, v) for k, v in r.headers.items() if k.lower() not in ("content-encoding", "transfer-encoding", "content-length")]
@@ -152,6 +153,8 @@ class OpenAITeacher(Teacher):
     """Chat completions through the official client; one request per answer (the engine runs many at once)."""
 
     batch_endpoint = "/v1/chat/completions"  # the Batch API's `endpoint` and each JSONL line's `url` (pipeline/batch.py)
+    batch_max_requests = 50_000  # the provider's limits per batch input file
+    batch_max_bytes = 200 * 1024 * 1024
     credential: str | None = None  # what a 401/403 sentence names instead of "the key in <api_key_env>"
 
     def __init__(self, spec) -> None:
