@@ -29,9 +29,11 @@ from typing import Any
 import click
 
 from pipeline.errors import DistilleryError
+from skills.uploads import UploadStore
 
 from . import commands
 from .blocks import CANCEL_ACTION, START_ACTION
+from .slack_files import FileRequests, SlackFiles
 from .slack_flow import SlackFlow, redact
 from .slack_store import SlackStore
 
@@ -86,7 +88,7 @@ class SlackConfig:
 
 def create_app(config: SlackConfig | None = None, agent=None, registry=None, plans=None, store: SlackStore | None = None,
                start_plan=None, poll_s: float = 1.0, update_interval_s: float = 2.0, embedded_worker: bool = False,
-               worker_poll_s: float = 1.0):
+               worker_poll_s: float = 1.0, uploads=None):
     """Build the Bolt AsyncApp with every listener registered; nothing connects until a request arrives.
 
     embedded_worker=True: the app also executes the runs it queues (pipeline.worker.EmbeddedWorker, started when
@@ -122,6 +124,8 @@ def create_app(config: SlackConfig | None = None, agent=None, registry=None, pla
                      update_interval_s=update_interval_s)
     app._distillery_flow = flow  # noqa: SLF001 - read back with flow_of(app)
     app._distillery_worker = None  # noqa: SLF001
+    file_requests = FileRequests(SlackFiles(client, uploads or UploadStore(), config.bot_token, config.api_url))
+    flow.file_requests = file_requests
     if embedded_worker:
         from pipeline.worker import EmbeddedWorker
 
@@ -140,23 +144,27 @@ def create_app(config: SlackConfig | None = None, agent=None, registry=None, pla
         await ack()
 
     # -- @mention in a channel -----------------------------------------------------------------------------
-    async def on_mention(event: dict) -> None:
+    async def on_mention(event: dict, body: dict) -> None:
         if event.get("bot_id"):
             return
-        await flow.on_request(event["channel"], event.get("thread_ts") or event["ts"], event.get("user", ""), event.get("text", ""))
+        await flow.on_request(event["channel"], event.get("thread_ts") or event["ts"], event.get("user", ""), event.get("text", ""),
+                              files=event.get("files") or [], team=_team(body, event))
 
     # -- direct messages, and follow-ups without a mention in threads the bot is part of -------------------
-    async def on_message(event: dict, context) -> None:
-        if event.get("bot_id") or event.get("subtype") or not event.get("user"):
+    async def on_message(event: dict, body: dict, context) -> None:
+        subtype = event.get("subtype")
+        if event.get("bot_id") or (subtype and subtype != "file_share") or not event.get("user"):
             return
-        channel, text = event["channel"], event.get("text", "")
+        channel, text, files, team = event["channel"], event.get("text", ""), event.get("files") or [], _team(body, event)
+        if files:  # remembered for a later "this dataset" / "the file above"
+            await asyncio.to_thread(file_requests.saw, team, channel, event["user"], event.get("thread_ts") or event["ts"], files)
         if event.get("channel_type") == "im":
-            await flow.on_request(channel, event.get("thread_ts") or event["ts"], event["user"], text)
+            await flow.on_request(channel, event.get("thread_ts") or event["ts"], event["user"], text, files=files, team=team)
             return
         thread_ts = event.get("thread_ts")
         if not thread_ts or f"<@{context.bot_user_id}>" in text or not store.thread(channel, thread_ts):
             return  # not ours, or a mention (handled by app_mention)
-        await flow.on_request(channel, thread_ts, event["user"], text)
+        await flow.on_request(channel, thread_ts, event["user"], text, files=files, team=team)
 
     # -- /distill <dataset> into <student> -----------------------------------------------------------------
     async def on_command(command: dict, respond) -> None:
@@ -198,6 +206,10 @@ def create_app(config: SlackConfig | None = None, agent=None, registry=None, pla
         log.error("unhandled error in a Slack listener: %s", redact(repr(error)))
 
     return app
+
+
+def _team(body: dict, event: dict) -> str:
+    return str(body.get("team_id") or event.get("team") or (body.get("team") or {}).get("id") or "")
 
 
 def flow_of(app) -> SlackFlow:

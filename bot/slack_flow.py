@@ -70,6 +70,7 @@ class SlackFlow:
         self.client, self.start_plan = client, start_plan
         self.poll_s, self.update_interval_s = poll_s, update_interval_s
         self._followers: dict[str, asyncio.Task] = {}
+        self.file_requests = None  # bot.slack_files.FileRequests, set by create_app
 
     # -- rights --------------------------------------------------------------------------------------------
     def may_ask(self, user: str) -> bool:
@@ -111,7 +112,8 @@ class SlackFlow:
         await self.client.chat_postEphemeral(**kwargs)
 
     # -- a request: a mention, a DM, /distill, or a follow-up in a thread ----------------------------------
-    async def on_request(self, channel: str, thread_ts: str, user: str, text: str) -> None:
+    async def on_request(self, channel: str, thread_ts: str, user: str, text: str,
+                         files: list[dict] | None = None, team: str = "") -> None:
         if not self.acts_in(channel):
             await self.post(channel, thread_ts, "I'm not set up to work in this channel; ask me in a channel listed "
                                                  "in DISTILLERY_SLACK_CHANNELS or in a direct message.")
@@ -119,7 +121,13 @@ class SlackFlow:
         if not self.may_ask(user):
             await self.post(channel, thread_ts, self._refuse_ask(user))
             return
-        text = strip_mentions(text) or "help"
+        text = strip_mentions(text)
+        if self.file_requests is not None:  # an attached file, or "this dataset": it becomes the dataset (bot/slack_files.py)
+            text, reply = await self.file_requests.prepare(team, channel, thread_ts, user, text, files or [])
+            if reply:
+                await self.post(channel, thread_ts, reply)
+                return
+        text = text or "help"
         thread = self.store.thread(channel, thread_ts) or {}
         if thread.get("run_id"):
             text = rewrite_followup(text, thread["run_id"])

@@ -20,7 +20,7 @@ from typing import Any
 from .errors import DatasetError
 from .jsonl import jsonl_lines
 
-__all__ = ["Example", "BUNDLED_DIR", "resolve_path", "read_records", "detect_task", "label_column", "text_column", "load_examples", "to_examples"]
+__all__ = ["Example", "BUNDLED_DIR", "resolve_path", "read_records", "detect_task", "label_column", "text_column", "guess_columns", "load_examples", "to_examples"]
 
 BUNDLED_DIR = Path(__file__).parent / "data"
 LETTERS = "ABCDEFGHIJ"
@@ -182,6 +182,40 @@ def label_column(rec: dict[str, Any], mapping: dict[str, str] | None = None) -> 
 def text_column(rec: dict[str, Any], mapping: dict[str, str] | None = None) -> str | None:
     """The column holding the input text (text, sentence, review, content, input, prompt, question, ...)."""
     return _field(rec, "text", mapping or {})
+
+
+MAX_CLASSES = 50  # a label column has 2..50 distinct values; more looks like free text
+
+
+def guess_columns(records: list[dict[str, Any]], mapping: dict[str, str] | None = None) -> dict[str, Any]:
+    """Which column is the text and which the label: {"decided", "task", "text", "label", "columns", "labels"}.
+
+    Decided when the fields name another task (nli, math, ...) or a text column and a label column with 2-50
+    distinct values are found; otherwise "text"/"label" are best guesses (the longest string column, the column
+    with fewest distinct values) for a person to confirm."""
+    first = records[0]
+    columns = [c for c in first if c not in ("row", "id")]
+    try:
+        task = detect_task(first, mapping)
+    except DatasetError:
+        task = None
+    if task not in (None, "classification"):
+        return {"decided": True, "task": task, "text": None, "label": None, "columns": columns, "labels": None}
+    distinct = {c: {str(r.get(c)) for r in records[:5000] if r.get(c) not in (None, "")} for c in columns}
+    text, label = text_column(first, mapping), label_column(first, mapping)
+    if text and label and text != label and 2 <= len(distinct.get(label, ())) <= MAX_CLASSES:
+        return {"decided": True, "task": "classification", "text": text, "label": label, "columns": columns,
+                "labels": sorted(distinct[label])}
+
+    def length(c: str) -> float:
+        values = [r.get(c) for r in records[:200]]
+        return sum(len(v) for v in values if isinstance(v, str)) / max(1, len(values))
+
+    guess_text = text or max(columns, key=length, default=None)
+    small = [c for c in columns if c != guess_text and 2 <= len(distinct[c]) <= MAX_CLASSES]
+    guess_label = label if label in small else min(small, key=lambda c: len(distinct[c]), default=None)
+    return {"decided": False, "task": "classification", "text": guess_text, "label": guess_label, "columns": columns,
+            "labels": sorted(distinct[guess_label]) if guess_label else None}
 
 
 def detect_task(rec: dict[str, Any], mapping: dict[str, str] | None = None) -> str:

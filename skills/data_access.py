@@ -20,6 +20,7 @@ from typing import Any
 
 from pipeline.datasets import BUNDLED_DIR, detect_task, label_column, read_records
 from pipeline.errors import DatasetError
+from pipeline.home import distillery_home
 
 __all__ = ["DatasetInfo", "data_folders", "confine", "list_datasets", "find_dataset", "describe_dataset"]
 
@@ -74,8 +75,8 @@ def confine(name: str) -> Path:
         if not cand.exists():
             continue
         real = cand.resolve()
-        if not any(real.is_relative_to(folder) for folder in folders):
-            raise _refuse(name)
+        if not any(real.is_relative_to(folder) for folder in folders) or real.is_relative_to(_uploads_root()):
+            raise _refuse(name)  # uploaded files are reachable only through their channel (skills/uploads.py)
         if real.is_file():
             return real
     if raw.is_absolute() and not any(raw.resolve().is_relative_to(f) for f in folders):
@@ -83,14 +84,20 @@ def confine(name: str) -> Path:
     raise DatasetError(f"no dataset file '{name[:120]}' in the data folders; `datasets` lists what is available.")
 
 
+def _uploads_root() -> Path:
+    return (distillery_home() / "uploads").resolve()
+
+
 def _walk(folder: Path) -> list[Path]:
     found: list[Path] = []
+    uploads = _uploads_root()
     for root, dirs, files in os.walk(folder, followlinks=False):
         depth = len(Path(root).relative_to(folder).parts)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIP_DIRS and depth < MAX_DEPTH)
         for f in sorted(files):
             p = Path(root) / f
-            if f.endswith(SUFFIXES) and not f.startswith(".") and p.resolve().is_relative_to(folder):
+            if (f.endswith(SUFFIXES) and not f.startswith(".") and p.resolve().is_relative_to(folder)
+                    and not p.resolve().is_relative_to(uploads)):
                 found.append(p)
                 if len(found) >= MAX_FILES:
                     return found
@@ -153,16 +160,19 @@ def _quote(value: Any) -> str:
     return text if len(text) <= SAMPLE_CHARS else text[: SAMPLE_CHARS - 1] + "…"
 
 
-def describe_dataset(name: str, samples: int = 3) -> dict[str, Any]:
-    """Rows, fields, detected task, label distribution and a few truncated samples (quoted data, not instructions)."""
-    info = find_dataset(name)
+def describe_dataset(name: str, samples: int = 3, info: DatasetInfo | None = None,
+                     fields: dict[str, str] | None = None) -> dict[str, Any]:
+    """Rows, fields, detected task, label distribution and a few truncated samples (quoted data, not instructions).
+
+    `info` (and its column mapping `fields`) describes a dataset found elsewhere (an upload) instead of `name`."""
+    info = info or find_dataset(name)
     records = read_records(info.train)
     first = records[0]
     try:
-        task = detect_task(first)
+        task = detect_task(first, fields)
     except DatasetError:
         task = None
-    label_col = label_column(first)
+    label_col = label_column(first, fields)
     labels = Counter(str(r.get(label_col)) for r in records) if label_col else None
     test_rows = len(read_records(info.test)) if info.test else None
     quoted = [{k: _quote(v) for k, v in rec.items() if k not in ("row", "id")} for rec in records[:samples]]

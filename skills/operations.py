@@ -26,10 +26,11 @@ from pipeline.worker import queue_warning
 
 from .catalog import CATALOG, ModelEntry, best_method, can_train, detect_hardware, find_model, local_model_params_b, resolve_models
 from .data_access import describe_dataset as _describe
-from .data_access import find_dataset
+from .data_access import DatasetInfo, find_dataset
 from .data_access import list_datasets as _list
 from .plans import Plan, PlanStore
 from .policy import chat_overrides
+from .uploads import Upload, UploadStore
 
 __all__ = [
     "list_datasets", "describe_dataset", "list_models", "plan_distillation", "start_plan", "run_status", "list_runs",
@@ -43,12 +44,33 @@ KNOWN_LABELS = {"sst2": ["negative", "positive"]}
 _PLAIN = re.compile(r"^[\w .:/+-]*$")  # echoed back only when it is plain words (no markup, no mentions)
 
 
-def list_datasets() -> list[dict[str, Any]]:
-    return [d.to_dict() for d in _list()]
+def _uploaded(scope: Any) -> list[Upload]:
+    scope = scope if isinstance(scope, dict) else {}
+    return UploadStore().visible(scope) if scope.get("channel") else []
 
 
-def describe_dataset(name: str) -> dict[str, Any]:
-    return _describe(name)
+def _upload_info(upload: Upload) -> DatasetInfo:
+    return DatasetInfo(upload.name, upload.path, None, str(Path(upload.path).parent), False)
+
+
+def _find(name: str, scope: Any) -> tuple[DatasetInfo, dict[str, str] | None]:
+    """A dataset uploaded in the asker's conversation (skills/uploads.py), else one from the data folders."""
+    scope = scope if isinstance(scope, dict) else {}
+    upload = UploadStore().find(name, scope) if scope.get("channel") else None
+    if upload is not None:
+        return _upload_info(upload), upload.fields
+    return find_dataset(name), None
+
+
+def list_datasets(scope: Any = None) -> list[dict[str, Any]]:
+    """The data folders' datasets, plus the files uploaded where `scope` ({"channel", "user"}) asks from."""
+    uploaded = [{**_upload_info(u).to_dict(), "uploaded": True} for u in _uploaded(scope)]
+    return uploaded + [d.to_dict() for d in _list()]
+
+
+def describe_dataset(name: str, scope: Any = None) -> dict[str, Any]:
+    info, fields = _find(name, scope)
+    return _describe(name, info=info, fields=fields)
 
 
 def list_teachers() -> list[dict[str, Any]]:
@@ -154,13 +176,13 @@ def _who(requested_by: Any) -> dict[str, Any]:
 # planning --------------------------------------------------------------------------------------------------
 
 
-def _labels_for(name: str, records: list[dict], task: str) -> tuple[list[str] | None, str | None]:
+def _labels_for(name: str, records: list[dict], task: str, fields: dict[str, str] | None = None) -> tuple[list[str] | None, str | None]:
     if task not in ("classification", "nli"):
         return None, None
     for key, labels in KNOWN_LABELS.items():
         if key in name.lower():
             return labels, None
-    col = label_column(records[0])
+    col = label_column(records[0], fields)
     if col is None:
         return None, None
     values = sorted({str(r.get(col)) for r in records if r.get(col) not in (None, "")})
@@ -247,12 +269,12 @@ def plan_distillation(dataset: str, student: str | None = None, teacher: str | N
     chat_keys = chat_overrides(overrides)  # first: nothing a refused key names is ever read
     profiles = load_profiles()
     # 1. dataset and task
-    info = find_dataset(dataset)
+    info, fields = _find(dataset, requested_by)
     records = read_records(info.train)
     if task and task not in TASKS:
         raise DistilleryError(f"unknown task '{task[:40] if _PLAIN.match(task[:40]) else 'that'}'; known: {', '.join(TASKS)} (or leave it out to detect it).")
-    task = task or detect_task(records[0])
-    labels, label_note = _labels_for(info.name, records, task)
+    task = task or detect_task(records[0], fields)
+    labels, label_note = _labels_for(info.name, records, task, fields)
     # 2. models
     student_entry, others = resolve_student(student, profiles)
     profile, teacher_notes, teacher_block = _pick_teacher(teacher, student_entry, profiles)
@@ -262,7 +284,7 @@ def plan_distillation(dataset: str, student: str | None = None, teacher: str | N
     data: dict[str, Any] = {
         "task": task,
         "labels": labels,
-        "dataset": {"train": info.train, "test": info.test, "train_size": wanted_rows},
+        "dataset": {"train": info.train, "test": info.test, "train_size": wanted_rows, "fields": fields},
         "teacher": dict(profile.section),
         "student": {"model": student_entry.id, "method": best_method(student_entry, hw)},
         "out": "runs/default",  # decided again when the plan starts: DISTILLERY_HOME/runs/<run id>

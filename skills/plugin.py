@@ -69,19 +69,20 @@ class DistillationPlugin:
     @kernel_function(description="List the datasets available for distillation (names to use in plan_distillation).")
     def list_datasets(self) -> str:
         try:
-            items = ops.list_datasets()
+            items = ops.list_datasets(self._who())
         except DistilleryError as err:
             return _sentence(err)
         if not items:
             return "No datasets found in the data folders (DISTILLERY_DATA_DIRS)."
-        lines = [f"- {d['name']}{' (train+test)' if d['test'] else ''}{' [bundled]' if d['bundled'] else ''}" for d in items[:40]]
+        lines = [f"- {d['name']}{' (train+test)' if d['test'] else ''}{' [bundled]' if d['bundled'] else ''}"
+                 f"{' [uploaded here]' if d.get('uploaded') else ''}" for d in items[:40]]
         more = f"\n...and {len(items) - 40} more." if len(items) > 40 else ""
         return f"{len(items)} dataset(s):\n" + "\n".join(lines) + more
 
     @kernel_function(description="Describe a dataset: rows, fields, detected task, label distribution and a few quoted samples.")
     def describe_dataset(self, dataset: Annotated[str, "dataset name from list_datasets, or a file path inside a data folder"]) -> str:
         try:
-            d = ops.describe_dataset(dataset)
+            d = ops.describe_dataset(dataset, self._who())
         except DistilleryError as err:
             return _sentence(err)
         labels = f"; labels {d['label_distribution']}" if d["label_distribution"] else ""

@@ -6,6 +6,8 @@
         slack.calls("chat.postMessage")        # -> list of argument dicts, oldest first
         slack.uploads                          # -> {file_id: bytes}
         slack.send_envelope("events_api", payload)   # Socket Mode: pushes to the connected app, returns envelope_id
+        slack.add_file("F0001", "reviews.csv", b"...", channels=["C1"])   # files.info + GET /files-pri/F0001/reviews.csv
+        slack.downloads                        # -> [{"path", "authorization"}] every file download request received
 
 Answers `POST /api/<method>` (form, JSON or query-string arguments) like Slack does for the methods the bot
 uses; anything else answers {"ok": true}. `apps.connections.open` returns the ws:// URL of the local websocket
@@ -45,6 +47,8 @@ class FakeSlack:
         self._ws_stop: asyncio.Event | None = None
         self._ws_thread: threading.Thread | None = None
         self.ws_url = ""
+        self.files: dict[str, dict[str, Any]] = {}  # file id -> {"meta": files.info's file, "content", "content_type"}
+        self.downloads: list[dict[str, Any]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> "FakeSlack":
@@ -147,6 +151,37 @@ class FakeSlack:
         with self._lock:
             return any(a.get("envelope_id") == envelope_id for a in self.acks)
 
+    # -- files: files.info and the download route (issue 11) -----------------------------------------------------
+    def add_file(self, file_id: str, name: str, content: bytes, channels: list[str] = (), user: str = "U1",
+                 size: int | None = None, url: str | None = None, content_type: str = "application/octet-stream",
+                 filetype: str | None = None) -> dict[str, Any]:
+        """A file Slack knows; `url` overrides url_private_download (another host), `size` the reported size."""
+        meta = {"id": file_id, "name": name, "title": name, "user": user, "size": len(content) if size is None else size,
+                "filetype": filetype or name.rsplit(".", 1)[-1], "mimetype": content_type,
+                "url_private": url or f"{self.base_url}/files-pri/{file_id}/{name}",
+                "url_private_download": url or f"{self.base_url}/files-pri/{file_id}/download/{name}",
+                "channels": [c for c in channels if c.startswith("C")], "groups": [c for c in channels if c.startswith("G")],
+                "ims": [c for c in channels if c.startswith("D")]}
+        with self._lock:
+            self.files[file_id] = {"meta": meta, "content": content, "content_type": content_type}
+        return meta
+
+    def event_file(self, file_id: str) -> dict[str, Any]:
+        """The file object as it appears in an event's `files` list."""
+        meta = dict(self.files[file_id]["meta"])
+        for key in ("channels", "groups", "ims"):
+            meta.pop(key)
+        return meta
+
+    def download(self, path: str, authorization: str) -> tuple[int, bytes, str]:
+        with self._lock:
+            self.downloads.append({"path": path, "authorization": authorization})
+        parts = path.split("/")
+        entry = self.files.get(parts[2]) if len(parts) > 2 else None
+        if entry is None:
+            return 404, b"not found", "text/plain"
+        return 200, entry["content"], entry["content_type"]
+
     # -- Web API answers ---------------------------------------------------------------------------------------
     def answer(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
         if method == "auth.test":
@@ -167,6 +202,9 @@ class FakeSlack:
             files = args.get("files")
             files = json.loads(files) if isinstance(files, str) else files or []
             return {"ok": True, "files": [{"id": f["id"], "title": f.get("title")} for f in files]}
+        if method == "files.info":
+            entry = self.files.get(args.get("file", ""))
+            return {"ok": True, "file": dict(entry["meta"])} if entry else {"ok": False, "error": "file_not_found"}
         if method == "apps.connections.open":
             return {"ok": True, "url": self.ws_url} if self.ws_url else {"ok": False, "error": "socket_mode_not_started"}
         return {"ok": True}
@@ -198,6 +236,11 @@ def _handler_for(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
             args["_token"] = auth.removeprefix("Bearer ") or args.pop("token", "")
             fake.record(method, args)
             self._send(200, json.dumps(fake.answer(method, args)).encode(), "application/json")
+
+        def do_GET(self) -> None:
+            url = urlparse(self.path)
+            status, data, ctype = fake.download(url.path, self.headers.get("Authorization", ""))
+            self._send(status, data, ctype)
 
         def _send(self, status: int, data: bytes, ctype: str) -> None:
             self.send_response(status)
