@@ -94,8 +94,10 @@ class SlackFiles:
         try:
             resp = await self.client.files_info(file=file_id)
         except Exception as err:  # noqa: BLE001 - SlackApiError and network errors: one sentence
-            error = getattr(getattr(err, "response", None), "data", {}) or {}
-            raise FileRefused(f"I could not read that file's details from Slack ({error.get('error', 'error')}); "
+            data = getattr(getattr(err, "response", None), "data", None)
+            code = data.get("error", "error") if isinstance(data, dict) else type(err).__name__
+            log.info("files.info failed: %s", type(err).__name__)
+            raise FileRefused(f"I could not read that file's details from Slack ({code}); "
                               "check that the app has the files:read scope and is in this channel.") from None
         data = resp.data if hasattr(resp, "data") else resp
         return data.get("file") or {}

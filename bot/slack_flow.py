@@ -125,6 +125,8 @@ class SlackFlow:
         if self.file_requests is not None:  # an attached file, or "this dataset": it becomes the dataset (bot/slack_files.py)
             text, reply = await self.file_requests.prepare(team, channel, thread_ts, user, text, files or [])
             if reply:
+                if self.file_requests.uploads.pending(f"{channel}:{thread_ts}"):
+                    self.store.link_thread(channel, thread_ts)  # the answer may come without a mention
                 await self.post(channel, thread_ts, reply)
                 return
         text = text or "help"
