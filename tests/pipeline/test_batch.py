@@ -3,6 +3,7 @@ a real kill -9 of `distillery label` while a batch is in progress."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -88,6 +89,38 @@ def test_azure_v1_batch_with_api_key(tmp_path, monkeypatch):
         assert api.creates == 1 and api.unauthorized == 0
         batch = next(iter(api.batches.values()))
     assert batch["endpoint"] == "/chat/completions" and summary.accepted == ROWS - 1  # Azure names the route without /v1
+
+
+def test_azure_v1_batch_with_entra_id(tmp_path):
+    from azure.core.credentials import AccessTokenInfo
+
+    from pipeline.teachers.azure import AzureTeacher
+
+    class Credential:
+        async def get_token_info(self, *scopes, options=None):
+            return AccessTokenInfo("entra-token", int(time.time()) + 3600)
+
+    original = get_teacher("azure")
+    register_teacher("azure", functools.partial(AzureTeacher, credential=Credential()))
+    try:
+        with FakeBatchAPI(answer=sentiment, api_key="entra-token") as api:  # every call must carry the token
+            summary = label(_spec(tmp_path, api.azure_base_url, "teacher.provider=azure", "teacher.auth=entra"))
+    finally:
+        register_teacher("azure", original)
+    assert api.unauthorized == 0 and api.creates == 1 and summary.accepted == ROWS - 1
+
+
+def test_estimate_on_the_command_line_says_batch_price(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    spec = _spec(tmp_path, "http://127.0.0.1:9/v1")
+    args = ["label", f"dataset.train={spec.dataset.train}", f"dataset.test={spec.dataset.test}", "teacher.few_shot=0",
+            "teacher.provider=openai", "teacher.model=m", "teacher.batch=true", "teacher.price_per_mtok.input=1",
+            f"out={spec.out}", "--estimate"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0 and "at batch price (50 % of list)" in result.output
 
 
 def test_batches_are_split_under_the_provider_limit(tmp_path):
@@ -230,3 +263,17 @@ def test_the_batch_wait_shows_in_slack_and_chat_status():
     wait = {"done": 3, "total": 12, "unit": "rows", "info": {"accepted": 3, "status": "waiting for batch (3 of 12 done)"}}
     assert status_line({"id": "ab12", "status": "labelling", "stage": "labelling", "progress": wait}) == \
         "Run `ab12`: labelling 3/12 rows, waiting for batch (3 of 12 done)."
+
+
+def test_a_batch_teacher_profile_plans_at_batch_price(tmp_path, monkeypatch):
+    from skills import operations as ops
+
+    profiles = tmp_path / "teachers.yaml"
+    profiles.write_text("teachers:\n  foundry-batch:\n    provider: azure\n    model: Meta-Llama-3.1-405B-Instruct\n"
+                        "    base_url: https://res.openai.azure.com/openai/v1/\n    auth: entra\n    batch: true\n"
+                        "    price_per_mtok: {input: 5.33, output: 16.0}\n")
+    monkeypatch.setenv("DISTILLERY_TEACHERS", str(profiles))
+    plan = ops.plan_distillation("sst2", "gemma-3-270m", "foundry-batch", rows=40)
+    assert plan.spec["teacher"]["batch"] is True and plan.spec["teacher"]["auth"] == "entra"
+    assert plan.summary["estimate"]["pricing"] == "batch price (50 % of list)"
+    assert "at batch price (50 % of list)" in ops.plan_text(plan)
