@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import DATA
+from testpaths import DATA
 
 
 def distillery(*args, env=None, cwd=None):

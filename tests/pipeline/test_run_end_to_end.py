@@ -58,7 +58,7 @@ def _gold_responder(*data_files):
 
 
 def test_run_resumes_without_paying_twice(tmp_path, tiny_model):
-    from conftest import DATA
+    from testpaths import DATA
     from fake_llm_server import FakeLLMServer
     from pipeline.datasets import BUNDLED_DIR
 

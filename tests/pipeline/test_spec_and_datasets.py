@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import DATA
+from testpaths import DATA
 from pipeline.datasets import detect_task, load_examples, read_records
 from pipeline.errors import DatasetError, SpecError
 from pipeline.spec import load_spec
