@@ -103,18 +103,19 @@ def build_chat_service(credential: Any | None = None) -> Any | None:
 
 def _azure_openai_service(model: str, base_url: str, key: str | None, auth: str, credential: Any | None) -> Any:
     """OpenAIChatCompletion over an AsyncOpenAI client on the Azure v1 endpoint, the same auth as the azure teacher."""
-    from openai import AsyncOpenAI
+    from openai import AsyncOpenAI, DefaultAsyncHttpx2Client
     from semantic_kernel.connectors.ai.open_ai import OpenAIChatCompletion
 
-    from pipeline.teachers.azure import azure_v1_url, default_credential, entra_token_provider
+    from pipeline.teachers.azure import api_key_only, azure_v1_url, default_credential, entra_token_provider
 
     url = azure_v1_url(base_url, "DISTILLERY_CHAT_BASE_URL")
     if auth == "entra":  # the token provider is the client's api_key callable: a fresh bearer token when it expires
         client = AsyncOpenAI(base_url=url, api_key=entra_token_provider(credential or default_credential()))
     elif not key:
         raise DistilleryError("no API key for the chat model; set DISTILLERY_CHAT_API_KEY, or DISTILLERY_CHAT_AUTH=entra for Microsoft Entra ID.")
-    else:
-        client = AsyncOpenAI(base_url=url, api_key=key, default_headers={"api-key": key})
+    else:  # the key in `api-key` only, as with the azure teacher
+        client = AsyncOpenAI(base_url=url, api_key=key, default_headers={"api-key": key},
+                             http_client=DefaultAsyncHttpx2Client(event_hooks={"request": [api_key_only]}))
     return OpenAIChatCompletion(ai_model_id=model, async_client=client)
 
 

@@ -64,6 +64,7 @@ class FakeBatchAPI(FakeLLMServer):
         self.cancels = 0
         self.submitted: Counter[str] = Counter()
         self.unauthorized = 0
+        self.key_headers: set[str] = set()  # which of api-key / Authorization the batch calls carried
         self._expire: set[str] = set()
         self._batch_lock = threading.RLock()
 
@@ -92,6 +93,7 @@ class FakeBatchAPI(FakeLLMServer):
 
     # routing -------------------------------------------------------------------------------------------
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        self.key_headers.update(h for h in ("api-key", "Authorization") if h in request.headers)
         if self.api_key is not None:
             sent = request.headers.get("api-key") or request.headers.get("Authorization", "").removeprefix("Bearer ")
             if sent != self.api_key:

@@ -9,8 +9,8 @@
 
 The v1 API is the OpenAI API served by the Foundry resource, so this is the `openai` teacher (same client, same
 transport, same error mapping, Batch API support) with Azure's URL and authentication:
-  - auth: key   -> the `api-key` header from the variable named by teacher.api_key_env (the client also sends
-    it as `Authorization: Bearer`, as Microsoft's own v1 samples with the OpenAI client do);
+  - auth: key   -> the `api-key` header from the variable named by teacher.api_key_env, and no Authorization
+    header (the openai client's own bearer copy of the key is dropped by a request hook, `api_key_only`);
   - auth: entra -> `Authorization: Bearer <token>` from azure-identity's DefaultAzureCredential through
     `get_bearer_token_provider(credential, "https://cognitiveservices.azure.com/.default")`, passed to AsyncOpenAI
     as its api_key callable: azure-core caches the token and fetches a new one before it expires. The identity
@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 from ..errors import TeacherError
 from .openai import OpenAITeacher, api_key_from_env
 
-__all__ = ["AzureTeacher", "ENTRA_SCOPE", "azure_v1_url", "entra_token_provider"]
+__all__ = ["AzureTeacher", "ENTRA_SCOPE", "azure_v1_url", "entra_token_provider", "api_key_only", "default_credential"]
 
 ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
 ENTRA_HELP = ("sign in with `az login`, or give this machine a managed identity or AZURE_CLIENT_ID/AZURE_TENANT_ID/"
@@ -101,6 +101,12 @@ def entra_token_provider(credential: Any, scope: str = ENTRA_SCOPE):
     return token
 
 
+async def api_key_only(request) -> None:
+    """httpx request hook for key auth: Azure reads `api-key`; the key is not sent a second time as a bearer token."""
+    if "api-key" in request.headers:
+        request.headers.pop("Authorization", None)
+
+
 class AzureTeacher(OpenAITeacher):
     """The openai teacher against an Azure v1 endpoint, authenticated by `api-key` or Microsoft Entra ID."""
 
@@ -110,6 +116,7 @@ class AzureTeacher(OpenAITeacher):
     def __init__(self, spec, credential: Any | None = None) -> None:
         self._credential = credential
         self._own_credential = None  # a DefaultAzureCredential we made (and close)
+        self._key_auth = False
         super().__init__(spec)
 
     def _base_url(self, spec) -> str:
@@ -123,8 +130,11 @@ class AzureTeacher(OpenAITeacher):
                 credential = self._own_credential = default_credential()
             return {"api_key": entra_token_provider(credential)}
         key = api_key_from_env(spec.api_key_env, required=True)
-        # Azure's header is `api-key`; the client also sends the key as its bearer, which the v1 API accepts too
+        self._key_auth = True
         return {"api_key": key, "default_headers": {"api-key": key}}
+
+    def _event_hooks(self) -> dict[str, list]:
+        return {"request": [api_key_only]} if self._key_auth else {}
 
     async def aclose(self) -> None:
         await super().aclose()

@@ -165,12 +165,16 @@ class OpenAITeacher(Teacher):
         self.url = self._base_url(spec)
         auth = self._auth_options(spec)  # before any client exists: a missing key raises with nothing to close
         self._transport = AiohttpTransport(limit=max(spec.concurrency, 10))
-        http = httpx2.AsyncClient(transport=self._transport, timeout=spec.timeout_s)
+        http = httpx2.AsyncClient(transport=self._transport, timeout=spec.timeout_s, event_hooks=self._event_hooks())
         self._openai = openai
         self._client = openai.AsyncOpenAI(base_url=self.url, max_retries=0, timeout=spec.timeout_s, http_client=http, **auth)
 
     def _base_url(self, spec) -> str:
         return spec.base_url or "https://api.openai.com/v1"
+
+    def _event_hooks(self) -> dict[str, list]:
+        """httpx event hooks of the client (subclasses: e.g. header rewriting for Azure's key auth)."""
+        return {}
 
     def _auth_options(self, spec) -> dict[str, Any]:
         """AsyncOpenAI keyword arguments that authenticate (subclasses: other headers, token providers)."""

@@ -99,7 +99,7 @@ def test_azure_openai_v1_with_a_key(monkeypatch):
         reply = asyncio.run(build_agent().respond("F1", "U4", "which 8B students could I use?"))
     assert reply.mode == "llm" and "meta-llama/Llama-3.1-8B-Instruct" in reply.text
     assert srv.paths == ["/openai/v1/chat/completions"] * 2  # the v1 route: no deployments path, no api-version
-    assert all(h["api-key"] == "test-key" for h in srv.headers)
+    assert all(h["api-key"] == "test-key" and "authorization" not in h for h in srv.headers)
     assert srv.requests[0]["model"] == "scripted-model"
 
 

@@ -88,6 +88,7 @@ def test_azure_v1_batch_with_api_key(tmp_path, monkeypatch):
         summary = label(spec)
         assert api.creates == 1 and api.unauthorized == 0
         batch = next(iter(api.batches.values()))
+        assert api.key_headers == {"api-key"}  # uploads, creates and polls carried the key in api-key only
     assert batch["endpoint"] == "/chat/completions" and summary.accepted == ROWS - 1  # Azure names the route without /v1
 
 

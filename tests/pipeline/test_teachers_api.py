@@ -58,6 +58,7 @@ def test_answer_round_trip_sends_params_and_key(provider, server, monkeypatch):
         assert req.path == "/v1/chat/completions" and req.headers["Authorization"] == f"Bearer {KEY}"
     elif provider == "azure":  # the v1 API: no api-version, the key in api-key
         assert req.path == "/openai/v1/chat/completions" and req.query == {} and req.headers["api-key"] == KEY
+        assert "Authorization" not in req.headers  # the key goes once, in api-key
     else:
         assert req.path == "/chat/completions" and "api-version" in req.query and req.headers["api-key"] == KEY
 
