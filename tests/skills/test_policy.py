@@ -101,3 +101,36 @@ def test_the_allow_list_takes_knobs_and_every_chat_key_is_a_spec_key():
         chat_overrides("train.epoch=1")
     with pytest.raises(PolicyError, match="not key=value"):
         chat_overrides("epochs")
+
+
+def test_the_default_profile_is_used_and_a_smaller_teacher_is_never_the_silent_default(isolated_home, monkeypatch):
+    from skills.catalog import Hardware
+
+    monkeypatch.setattr(ops, "detect_hardware", lambda: Hardware(True, "H100", 80.0, 16, 200.0))
+    plan = ops.plan_distillation("sst2", "an 8B model", rows=4)  # only the built-in local 270M teacher
+    s = plan.summary
+    assert s["teacher_profile"] == "local" and s["runnable"] is False
+    assert "smaller than the student" in s["why"] and "teachers.yaml" in s["why"]
+    assert "smaller than the student" in ops.plan_text(plan)
+    write_profiles(isolated_home, {"gw": {"provider": "openai", "model": "big-model", "base_url": "http://10.1.2.3:8000/v1",
+                                          "params_b": 70}})
+    plan = ops.plan_distillation("sst2", "an 8B model", rows=4)  # the default is still local: the bigger one is picked
+    assert plan.summary["teacher_profile"] == "gw" and plan.summary["runnable"] is True
+    assert any("default teacher local" in n for n in plan.summary["notes"])
+    named = ops.plan_distillation("sst2", "an 8B model", "local", rows=4)  # named on purpose: allowed, with a note
+    assert named.summary["runnable"] is True and any("smaller than the student" in n for n in named.summary["notes"])
+    write_profiles(isolated_home, {"gw": {"provider": "openai", "model": "big-model", "base_url": "http://10.1.2.3:8000/v1"}},
+                   default="gw")
+    plan = ops.plan_distillation("sst2", "gemma-3-270m", rows=4)
+    assert plan.summary["teacher_profile"] == "gw" and plan.spec["teacher"]["base_url"] == "http://10.1.2.3:8000/v1"
+
+
+def test_models_lists_the_configured_teacher_profiles(isolated_home):
+    from skills.plugin import DistillationPlugin
+
+    write_profiles(isolated_home, {"mini": {"provider": "openai", "model": "gpt-4o-mini", "api_key_env": "OPENAI_API_KEY",
+                                            "base_url": "https://u:secret@gw.example/v1"}}, default="mini")
+    text = DistillationPlugin(Registry()).list_models("")
+    assert "- mini (default): gpt-4o-mini via openai at gw.example, key OPENAI_API_KEY" in text
+    assert "- local:" in text and "secret" not in text
+    assert "gpt-4o-mini (teacher; profile mini)" in text and "gpt-4o (teacher via" in text
