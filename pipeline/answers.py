@@ -152,6 +152,13 @@ class AnswerStore:
             os.fsync(self._fh.fileno())
             self._last_sync = now
 
+    def sync(self) -> None:
+        """fsync now (before recording elsewhere that these answers are safe, e.g. a batch marked read back)."""
+        if self._fh is not None and not self._fh.closed:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._last_sync = time.monotonic()
+
     def close(self) -> None:
         if self._fh is None or self._fh.closed:
             return

@@ -201,6 +201,7 @@ class _Batches:
         if batch.status == "failed" and batch.errors and batch.errors.data:
             first = batch.errors.data[0]
             why = f"batch {rec.batch_id} failed: {' '.join(str(first.message or first.code).split())[:200]}"
+        self.store.sync()  # the answers are on disk before the ledger says this batch was read back
         rec.collected, rec.done = True, len(rec.keys)
         self.ledger.save()
         for key in rec.keys:
