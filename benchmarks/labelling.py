@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def start_server(latency: float) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_llm_server.py"), "--latency", str(latency), "--answer", "positive"],
+def start_server(latency: float, *extra: str) -> tuple[subprocess.Popen, str]:
+    """tests/fake_llm_server.py in its own process (extra: more of its flags, e.g. --rate-limit 10); (process, /v1 URL)."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_llm_server.py"), "--latency", str(latency), "--answer", "positive", *extra],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     port = int(proc.stdout.readline().split()[1])
     return proc, f"http://127.0.0.1:{port}/v1"

@@ -17,6 +17,10 @@ live run's half-written last line is ignored, not cut. Deleted under a writer: a
 the store checks that `path` is still the file it writes to (device and inode); if the file or the whole run
 folder was deleted or replaced, it recreates it and writes every answer this process holds into it again, so a
 resume never pays twice for an answer that was already paid for.
+
+A record: {"key", "text", "finish_reason", "prompt_tokens", "completion_tokens", "max_tokens" (the limit it was
+asked under, when known), "row" (the dataset row it was asked for, to trace an answer without hashing),
+"option_probs"?, "extra"?}. Older files without max_tokens/row load as they are.
 """
 
 from __future__ import annotations
@@ -29,17 +33,32 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .teachers.base import TeacherAnswer
+from .teachers.base import TeacherAnswer, content_text
 
 __all__ = ["AnswerStore", "answer_key"]
 
 log = logging.getLogger(__name__)
 
 
-def answer_key(provider: str, model: str, messages: list[dict[str, Any]], params: dict[str, Any], options: list[str] | None, sample: int) -> str:
-    """sha256 of everything that determines a teacher's answer (the server URL is deliberately not part of it)."""
-    blob = json.dumps([provider, model, messages, params, options, sample], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+def answer_key(provider: str, model: str, messages: list[dict[str, Any]], params: dict[str, Any], options: list[str] | None, sample: int,
+               settings: dict[str, Any] | None = None) -> str:
+    """sha256 of everything that determines a teacher's answer (the server URL is deliberately not part of it).
+
+    settings: teacher settings that shape the request beyond its messages (a local teacher's prompt_format and
+    answer_cue); left out of the hash when empty, so keys without them stay what they were.
+    """
+    parts: list[Any] = [provider, model, messages, params, options, sample]
+    if settings:
+        parts.append(settings)
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
 
 
 class AnswerStore:
@@ -77,12 +96,13 @@ class AnswerStore:
                 line = raw.decode("utf-8").removesuffix("\r")
                 rec = json.loads(line)
                 self._answers[rec["key"]] = TeacherAnswer(
-                    text=rec.get("text") or "",
+                    text=content_text(rec.get("text")),  # a list of content parts (older versions cached them) is joined
                     finish_reason=rec.get("finish_reason"),
-                    prompt_tokens=int(rec.get("prompt_tokens") or 0),
-                    completion_tokens=int(rec.get("completion_tokens") or 0),
+                    prompt_tokens=_int(rec.get("prompt_tokens")) or 0,
+                    completion_tokens=_int(rec.get("completion_tokens")) or 0,
                     option_probs=rec.get("option_probs"),
                     extra=rec.get("extra") or {},
+                    max_tokens=_int(rec.get("max_tokens")),
                 )
                 self._lines[rec["key"]] = line
             except (ValueError, KeyError, TypeError, AttributeError):
@@ -127,7 +147,10 @@ class AnswerStore:
     def get(self, key: str) -> TeacherAnswer | None:
         return self._answers.get(key)
 
-    def put(self, key: str, answer: TeacherAnswer) -> None:
+    def put(self, key: str, answer: TeacherAnswer, row: Any = None) -> None:
+        """Append one answer (row: the dataset row id it was asked for, recorded for tracing)."""
+        if not isinstance(answer.text, str):
+            answer.text = content_text(answer.text)
         rec = {
             "key": key,
             "text": answer.text,
@@ -135,6 +158,10 @@ class AnswerStore:
             "prompt_tokens": answer.prompt_tokens,
             "completion_tokens": answer.completion_tokens,
         }
+        if answer.max_tokens is not None:
+            rec["max_tokens"] = answer.max_tokens
+        if row is not None:
+            rec["row"] = row
         if answer.option_probs is not None:
             rec["option_probs"] = answer.option_probs
         if answer.extra:

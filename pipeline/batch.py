@@ -31,7 +31,7 @@ from typing import Any
 
 from .answers import AnswerStore
 from .errors import TeacherError
-from .sending import SendState, register_sender
+from .sending import SendState, cached_answer, register_sender, store_answer
 from .teachers import Teacher, TeacherRequest, TransientError
 from .teachers.openai import parse_completion
 
@@ -206,7 +206,7 @@ class _Batches:
         self.ledger.save()
         for key in rec.keys:
             if key in self.by_key and key not in self.reported:
-                if key in self.store:
+                if cached_answer(self.store, self.by_key[key]) is not None:
                     self._report(key)
                 elif self.final:
                     self.state.fail(self.by_key[key], TeacherError(errors.get(key, why)))
@@ -222,12 +222,15 @@ class _Batches:
         body = response.get("body")
         if response.get("status_code") == 200 and isinstance(body, dict):
             try:
-                answer = parse_completion(json.dumps(body).encode(), self.teacher.url)
+                answer = parse_completion(json.dumps(body).encode(), self.teacher.url, self.by_key.get(key))
             except TransientError:
                 errors[key] = "the batch answer was malformed"
                 return
             answer.extra["batch"] = True
-            if key not in self.store:
+            req = self.by_key.get(key)
+            if req is not None and cached_answer(self.store, req) is None:
+                store_answer(self.store, req, answer)  # with its row and max_tokens
+            elif req is None and key not in self.store:
                 self.store.put(key, answer)
             return
         err = line.get("error") or (body.get("error") if isinstance(body, dict) else None) or {}
@@ -279,7 +282,7 @@ async def send_batches(teacher: Teacher, pending: list[TeacherRequest], store: A
     run.final = True
     in_flight = {k for rec in run.ledger.live() for k in rec.keys}
     # 2. submit the rest, split under the provider's limits
-    todo = [r for r in pending if r.key not in in_flight and r.key not in store]
+    todo = [r for r in pending if r.key not in in_flight and cached_answer(store, r) is None]
     files = split_lines([(r.key, batch_line(teacher, r)) for r in todo], teacher.batch_max_requests, teacher.batch_max_bytes)
     for n, lines in enumerate(files, start=len(run.ledger.batches) + 1):
         await run.submit(lines, n)

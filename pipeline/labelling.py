@@ -11,10 +11,12 @@ How it works (this module orchestrates; pipeline/sending.py sends, pipeline/judg
   1. rows: the training split (dataset.train_size rows after the seeded shuffle); k demonstrations with gold
      labels come from the remaining training rows, else out of the labelled set (`choose_rows`);
   2. requests: the teacher prompt of each row (x self_consistency samples), keyed by a hash of provider, model,
-     messages, params, options and sample index; answers already in teacher_answers.jsonl are never re-sent;
-  3. sending (sending.py): asyncio with teacher.concurrency requests in flight (or batches of teacher.batch_size
-     for a local teacher), our own retries with exponential backoff and jitter, Retry-After honoured; every
-     answer is appended to the cache the moment it arrives, so a killed run resumes where it stopped;
+     messages, params but max_tokens, options, sample index and the teacher's key_settings; answers already in
+     teacher_answers.jsonl are never re-sent (after max_tokens is raised, only cut-off answers are);
+  3. sending (sending.py): asyncio with up to teacher.concurrency requests in flight, fewer while the provider
+     answers 429 (pacing.py: a 429 is back-pressure, never a spent retry), or batches of teacher.batch_size for
+     a local teacher; our own retries with exponential backoff and jitter; every answer is appended to the
+     cache the moment it arrives, so a killed run resumes where it stopped;
   4. judging (judging.py): parse, majority vote for self-consistency, then the filters (min_agreement,
      min_confidence, agree_with_gold); labels.jsonl / rejected.jsonl are rewritten from the cache, so
      re-running is idempotent;
@@ -36,13 +38,14 @@ from typing import Any
 from .answers import AnswerStore, answer_key
 from . import splits
 from .datasets import Example
-from .errors import LabellingError, SpecError
+from .errors import LabellingError, SpecError, UnknownTeacherError
 from .judging import FAILED, REASONS, TeacherResult, apply_filters, judge, records, same_label, write_jsonl
 from .progress import ProgressFn, Tracker
 from .batch import pricing, teacher_cost  # importing pipeline.batch registers the "batch" sender (teacher.batch)
-from .sending import SendState, run_loop, send
+from .sending import SendState, cached_answer, run_loop, send
 from .tasks import get_task, resolve_spec, teacher_messages
-from .teachers import TeacherRequest
+from .teachers import TeacherRequest, get_teacher
+from .teachers.base import estimate_tokens
 
 __all__ = ["TeacherResult", "LabelSummary", "Estimate", "ask_teacher", "label", "estimate", "choose_rows", "apply_filters", "REASONS"]
 
@@ -138,17 +141,36 @@ def _params(spec) -> dict[str, Any]:
     return {k: v for k, v in p.items() if v is not None}
 
 
+def _key_settings(t) -> dict[str, Any]:
+    """The teacher's settings that shape a request beyond its messages (local: prompt_format, answer_cue)."""
+    try:
+        names = get_teacher(t.provider).key_settings
+    except UnknownTeacherError:
+        names = ()
+    return {name: getattr(t, name) for name in names}
+
+
 def _build_requests(spec, task, labels, examples: list[Example], demos: list[Example]) -> list[list[TeacherRequest]]:
-    """For each example, its n sample requests (keys computed once)."""
+    """For each example, its n sample requests (keys computed once).
+
+    The key covers provider, model, messages (prompt wording, instructions, chain of thought, demonstrations),
+    params except max_tokens, options, the sample index and the teacher's key_settings; max_tokens is left out
+    so that raising it reuses finished answers (sending.cached_answer checks each answer against it). The
+    legacy key (max_tokens in, as caches before this were written) finds older answers of API teachers.
+    """
     t = spec.teacher
     cot, n = t.chain_of_thought, t.self_consistency
     params = _params(spec)
+    keyed = {k: v for k, v in params.items() if k != "max_tokens"}
+    settings = _key_settings(t)
     use_options = task.choice_based and not cot and n == 1
     out = []
     for ex in examples:
         msgs = teacher_messages(task, ex, labels, demos, cot, spec.instructions)
         options = task.options(ex, labels) if use_options else None
-        out.append([TeacherRequest(msgs, params, options, answer_key(t.provider, t.model, msgs, params, options, s)) for s in range(n)])
+        out.append([TeacherRequest(msgs, params, options, answer_key(t.provider, t.model, msgs, keyed, options, s, settings), row=ex.row,
+                                   legacy_key=None if settings else answer_key(t.provider, t.model, msgs, params, options, s))
+                    for s in range(n)])
     return out
 
 
@@ -165,7 +187,7 @@ class _Rows:
         self.pending: list[TeacherRequest] = []  # requests to send, each key once
         for i, reqs in enumerate(requests):
             for r in reqs:
-                if r.key not in store:
+                if cached_answer(store, r) is None:
                     if r.key not in self.waiting:
                         self.waiting[r.key] = []
                         self.pending.append(r)
@@ -182,7 +204,7 @@ class _Rows:
 
     def _finish(self, i: int) -> None:
         reqs, failures = self.requests[i], self.state.failures
-        answers = [self.store.get(r.key) for r in reqs]
+        answers = [cached_answer(self.store, r) for r in reqs]
         res = judge(self.task, self.examples[i], self.labels, reqs[0].messages, answers, [failures.get(r.key) for r in reqs])
         self.results[i] = res
         self.counts["rejected" if res.reason else "accepted"] += 1
@@ -300,11 +322,11 @@ def estimate(spec) -> Estimate:
     for ex, reqs in zip(rows, per_row):
         for r in reqs:
             total += 1
-            if store is None or r.key not in store:
+            if store is None or cached_answer(store, r) is None:
                 todo[r.key] = (ex, r)
     if store is not None:
         store.close()
-    prompt_tokens = sum(sum(len(m["content"]) for m in r.messages) // 4 + 4 * len(r.messages) for _, r in todo.values())
+    prompt_tokens = sum(estimate_tokens(r.messages) for _, r in todo.values())
     if task.choice_based and not t.chain_of_thought:  # the answer is one option
         completion_tokens = sum(max(len(o) for o in task.options(ex, spec.labels)) // 4 + 1 for ex, _ in todo.values())
     else:  # an upper bound: every answer as long as allowed

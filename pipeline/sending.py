@@ -3,16 +3,21 @@
     state = SendState(on_done=lambda key: ...)             # on_done runs once per request, answered or failed
     run_loop(send(teacher_spec, pending, store, state, should_stop))
     state.failures                                          # key -> Failure(detail, unreachable) for the failed ones
+    cached_answer(store, request)                           # the cached answer valid for a request, or None
 
 How: a sender is picked for the teacher (`pick_sender`) and answers `pending` into `store`:
-  - "concurrent" (API teachers): teacher.concurrency workers, each taking the next request, with our own
-    retries (exponential backoff with jitter, Retry-After honoured);
+  - "concurrent" (API teachers): up to teacher.concurrency requests in flight, paced by pipeline/pacing.py
+    (adaptive concurrency, Retry-After and x-ratelimit-* pauses, teacher.rpm/tpm). A 429 is back-pressure: it
+    never counts against teacher.max_retries; a request fails on 429s only after teacher.max_wait_s of them.
+    Other transient errors (5xx, timeouts) are retried teacher.max_retries times with backoff and jitter;
   - "batches" (local teachers, batch_size > 1): one answer_batch() at a time;
   - "batch" (teacher.batch: true; pipeline/batch.py, registered on import of pipeline.labelling): the
     provider's Batch API;
   - any sender registered with `register_sender(name, fn)` and chosen by name (the seam for other transports):
     `async def fn(teacher, pending, store, state, should_stop)`.
-Every answer is put into the store the moment it arrives (so a killed run resumes); failures are never stored.
+Every answer is put into the store the moment it arrives (so a killed run resumes), with the row it was asked
+for and the max_tokens it was asked under (a finished answer is reused after max_tokens is raised; only
+answers cut off by the smaller limit are sent again); failures are never stored.
 A fatal TeacherError (bad key, unknown model) stops everything; should_stop() turning true raises Cancelled.
 """
 
@@ -28,13 +33,16 @@ from typing import Any
 
 from .answers import AnswerStore
 from .errors import Cancelled, TeacherError
-from .teachers import Teacher, TeacherRequest, TransientError, get_teacher
+from .pacing import RETRY_AFTER_MAX_S, Pace
+from .teachers import Teacher, TeacherAnswer, TeacherRequest, TransientError, get_teacher
+from .teachers.base import estimate_tokens
 
-__all__ = ["SendState", "Failure", "Sender", "send", "register_sender", "pick_sender", "run_loop", "backoff"]
+__all__ = ["SendState", "Failure", "Sender", "send", "register_sender", "pick_sender", "run_loop", "backoff", "cached_answer",
+           "store_answer"]
 
 BACKOFF_BASE_S = 0.5  # first retry waits 0.25-0.5 s, doubling each time
 BACKOFF_MAX_S = 30.0
-RETRY_AFTER_MAX_S = 300.0  # a server asking for more than this is waited on for this long
+STATUS_EVERY_S = 0.5  # how often the sending status reaches the progress callback while nothing finishes
 
 
 @dataclass
@@ -51,12 +59,14 @@ class SendState:
     on_info: Callable[[dict[str, Any]], None] = lambda info: None  # a sender's status for the progress line (batch waits)
     backoff_base_s: float = BACKOFF_BASE_S
     max_retries: int = 6
+    max_wait_s: float = 3600.0  # how long one request keeps waiting through 429s before it fails
     concurrency: int = 8  # requests in flight at most
     failures: dict[str, Failure] = field(default_factory=dict)
     fatal: list[BaseException] = field(default_factory=list)
     stopped: bool = False
     sent: int = 0  # requests finished this run (answered or failed)
     queue: deque = field(default_factory=deque)
+    pace: Pace | None = None  # the concurrent sender's pacing (rate, in flight, 429s received)
 
     @property
     def unreachable(self) -> int:
@@ -74,6 +84,30 @@ class SendState:
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
         return backoff(attempt, retry_after, self.backoff_base_s)
+
+
+def cached_answer(store: AnswerStore, req: TeacherRequest) -> TeacherAnswer | None:
+    """The cached answer valid for `req`: under its key if asked under a compatible max_tokens, else under its
+    legacy key (caches written before max_tokens left the key), else None."""
+    ans = store.get(req.key)
+    if ans is not None and _fits(ans, (req.params or {}).get("max_tokens")):
+        return ans
+    return store.get(req.legacy_key) if req.legacy_key else None
+
+
+def _fits(ans: TeacherAnswer, max_tokens: int | None) -> bool:
+    if max_tokens is None or ans.max_tokens is None or ans.option_probs:
+        return True
+    if ans.finish_reason == "length":  # cut off: still cut off under a limit as small or smaller, worth asking again above
+        return max_tokens <= ans.max_tokens
+    return ans.completion_tokens <= max_tokens  # finished: the same answer fits any limit it did not reach
+
+
+def store_answer(store: AnswerStore, req: TeacherRequest, ans: TeacherAnswer) -> None:
+    """Put an answer into the cache with the max_tokens it was asked under and its row (every sender uses this)."""
+    if ans.max_tokens is None:
+        ans.max_tokens = (req.params or {}).get("max_tokens")
+    store.put(req.key, ans, row=req.row)
 
 
 Sender = Callable[[Teacher, list[TeacherRequest], AnswerStore, SendState, Callable[[], bool] | None], Awaitable[None]]
@@ -143,10 +177,49 @@ def _stop_now(state: SendState, should_stop: Callable[[], bool] | None) -> bool:
     return state.stopped
 
 
+class _Abandoned(Exception):
+    """A request given up before it was sent (cancelled, or a fatal error elsewhere)."""
+
+
+async def _ask_paced(teacher: Teacher, req: TeacherRequest, pace: Pace, state: SendState, abandon: Callable[[], bool]) -> TeacherAnswer:
+    """One request through the pace: 429s wait (never a retry spent), other transient errors are retried."""
+    attempt, limited_since = 0, None
+    max_tokens = (req.params or {}).get("max_tokens") or 0
+    cost = estimate_tokens(req.messages) + max_tokens if pace.tokens is not None else 0  # how providers count a request
+    while True:
+        epoch = await pace.acquire(cost, abandon)
+        if epoch is None:
+            raise _Abandoned
+        try:
+            ans = await teacher.answer(req)
+        except TransientError as err:
+            if err.status == 429:
+                pace.rate_limited(epoch, err.retry_after, err.limits)
+                now = time.monotonic()
+                limited_since = limited_since if limited_since is not None else now
+                if now - limited_since >= state.max_wait_s:
+                    raise TeacherError(f"{err} (rate limited) for {state.max_wait_s:g} s (teacher.max_wait_s); lower teacher.rpm or "
+                                       "teacher.concurrency, or raise teacher.max_wait_s.") from None
+                continue
+            pace.release()
+            if attempt >= state.max_retries:
+                raise
+            await asyncio.sleep(state.backoff(attempt, err.retry_after))
+            attempt += 1
+            continue
+        except BaseException:
+            pace.release()
+            raise
+        pace.answered(ans.limits)  # tokens are not given back for short answers: providers count max_tokens too
+        return ans
+
+
 async def _concurrent(teacher: Teacher, pending: list[TeacherRequest], store: AnswerStore, state: SendState,
                       should_stop: Callable[[], bool] | None) -> None:
-    """API teachers: teacher.concurrency workers, each sending the next request with retries."""
+    """API teachers: workers take the next request; the pace decides how many are in flight and when they go."""
     state.queue.extend(pending)
+    spec = teacher.spec
+    pace = state.pace = Pace(state.concurrency, getattr(spec, "rpm", None), getattr(spec, "tpm", None), state.backoff_base_s)
 
     async def worker() -> None:
         while state.queue and not state.fatal:
@@ -154,12 +227,27 @@ async def _concurrent(teacher: Teacher, pending: list[TeacherRequest], store: An
                 return
             req = state.queue.popleft()
             try:
-                store.put(req.key, await _with_retries(teacher.answer, req, state))
+                store_answer(store, req, await _ask_paced(teacher, req, pace, state, abandon))
             except (TransientError, TeacherError) as err:
                 state.fail(req, err)
+            except _Abandoned:
+                return
             state.done(req.key)
 
-    await asyncio.gather(*(worker() for _ in range(min(state.concurrency, len(pending)) or 1)))
+    def abandon() -> bool:
+        return bool(state.fatal) or _stop_now(state, should_stop)
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(STATUS_EVERY_S)
+            state.on_info({"sending": pace.status()})
+
+    reporter = asyncio.create_task(report())
+    try:
+        await asyncio.gather(*(worker() for _ in range(min(state.concurrency, len(pending)) or 1)))
+    finally:
+        reporter.cancel()
+    state.on_info({"sending": pace.status()})
 
 
 async def _batches(teacher: Teacher, pending: list[TeacherRequest], store: AnswerStore, state: SendState,
@@ -174,7 +262,7 @@ async def _batches(teacher: Teacher, pending: list[TeacherRequest], store: Answe
         try:
             answers = await _with_retries(teacher.answer_batch, batch, state)
             for req, ans in zip(batch, answers):
-                store.put(req.key, ans)
+                store_answer(store, req, ans)
         except (TransientError, TeacherError) as err:
             for req in batch:
                 state.fail(req, err)
@@ -192,6 +280,7 @@ async def send(teacher_spec, pending: list[TeacherRequest], store: AnswerStore, 
     if not pending:
         return state
     state.max_retries, state.concurrency = teacher_spec.max_retries, teacher_spec.concurrency
+    state.max_wait_s = getattr(teacher_spec, "max_wait_s", state.max_wait_s)
     teacher = get_teacher(teacher_spec.provider)(teacher_spec)
     try:
         name = pick_sender(teacher_spec, teacher)

@@ -78,7 +78,10 @@ class TeacherSpec(_Strict):
     batch: bool = False  # openai/azure: send through the Batch API (answers within 24 h, at price_per_mtok.batch_discount)
     batch_poll_s: float = Field(30.0, gt=0)  # with batch: seconds between status checks
     params: TeacherParams = Field(default_factory=TeacherParams)
-    concurrency: int = Field(8, ge=1, le=1024)  # requests in flight at once
+    concurrency: int = Field(8, ge=1, le=1024)  # requests in flight at most (fewer while the provider answers 429)
+    rpm: float | None = Field(None, gt=0)  # requests per minute the deployment allows (provider portal); None: learn from 429s
+    tpm: float | None = Field(None, gt=0)  # tokens per minute it allows (prompt estimate + max_tokens per request, as providers count)
+    max_wait_s: float = Field(3600.0, gt=0)  # a request keeps waiting through rate limits (429) this long before it fails
     min_success_ratio: float = Field(0.7, ge=0.0, le=1.0)  # below this share of accepted rows the stage fails
     chain_of_thought: bool = False  # ask for step-by-step reasoning ending with a final answer
     few_shot: int = Field(0, ge=0, le=64)  # k demonstrations from labelled training rows (never labelled rows)

@@ -20,8 +20,15 @@ A Reply can set the text, finish_reason, status, headers, a delay (slow response
 body (malformed JSON). `req.attempt` counts earlier requests with the same messages, so a responder can fail
 the first try of every row and succeed on the retry.
 
+Rate-limit mode (a provider's limit as a token bucket): `FakeLLMServer(rate_limit=10, burst=10)` admits 10
+chat requests per second with bursts of up to 10; above it a request gets 429 at once with Retry-After (integer
+seconds, rounded up, as HTTP says; `retry_after="exact"` fractional seconds, "ms" adds retry-after-ms, "none"
+no hint). `ratelimit_headers=True` adds x-ratelimit-limit/remaining/reset-requests to every answer and 429.
+Counters: `server.limited` (429s sent), `server.answered` (200s sent); GET /stats returns them as JSON.
+
 Standalone (for benchmarks, in its own process; prints "PORT <n>" when ready):
     python tests/fake_llm_server.py --latency 0.05 --answer positive
+    python tests/fake_llm_server.py --latency 0.3 --rate-limit 10 --burst 10
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 import threading
 import time
@@ -91,10 +99,19 @@ Responder = Callable[[FakeRequest], "str | Reply | None"]
 class FakeLLMServer:
     """Start with `with FakeLLMServer(...) as s:` or s.start() / s.stop(). Thread-safe recording."""
 
-    def __init__(self, responder: Responder | None = None, latency: float = 0.0, record: bool = True, port: int = 0):
+    def __init__(self, responder: Responder | None = None, latency: float = 0.0, record: bool = True, port: int = 0,
+                 rate_limit: float | None = None, burst: float | None = None, retry_after: str = "ceil", ratelimit_headers: bool = False):
         self.responder = responder
         self.latency = latency  # added to every chat request
         self.record = record
+        self.rate_limit = rate_limit  # chat requests per second admitted (token bucket); None: no limit
+        self.burst = burst if burst is not None else (rate_limit or 0.0)  # bucket size (default: one second's worth)
+        self.retry_after = retry_after  # ceil | exact | ms | none
+        self.ratelimit_headers = ratelimit_headers
+        self.limited = 0  # 429s sent by the rate limit
+        self.answered = 0  # 200 answers sent
+        self._bucket = self.burst
+        self._bucket_at = time.monotonic()
         self.requests: list[FakeRequest] = []
         self.info_calls = 0
         self._queue: list[Reply] = []
@@ -177,6 +194,8 @@ class FakeLLMServer:
 
     # handlers ------------------------------------------------------------------------------------------
     async def _get(self, request: web.Request) -> web.Response:
+        if request.path == "/stats":
+            return web.json_response({"limited": self.limited, "answered": self.answered, "requests": len(self.requests)})
         if request.path.endswith("/info"):
             self.info_calls += 1
             return web.json_response({"model_name": "fake-model", "model_type": "chat-completion", "model_provider_name": "fake"})
@@ -192,6 +211,10 @@ class FakeLLMServer:
         except json.JSONDecodeError:
             return web.json_response({"error": {"message": "body is not JSON"}}, status=400)
         key = json.dumps(body.get("messages", []), sort_keys=True)
+        if self.rate_limit:
+            limited = self._take()
+            if limited is not None:
+                return limited
         with self._lock:
             attempt = self._seen[key]
             self._seen[key] += 1
@@ -221,7 +244,37 @@ class FakeLLMServer:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": reply.finish_reason}],
             "usage": {"prompt_tokens": usage_p, "completion_tokens": usage_c, "total_tokens": usage_p + usage_c},
         }
-        return web.json_response(data, headers=reply.headers)
+        with self._lock:
+            self.answered += 1
+            limit_headers = self._limit_headers() if self.ratelimit_headers and self.rate_limit else {}
+        return web.json_response(data, headers={**limit_headers, **reply.headers})
+
+    def _take(self) -> web.Response | None:
+        """One token from the bucket, or the 429 to send (at once: a limit answers before any work)."""
+        with self._lock:
+            now = time.monotonic()
+            self._bucket = min(self.burst, self._bucket + (now - self._bucket_at) * self.rate_limit)
+            self._bucket_at = now
+            if self._bucket >= 1:
+                self._bucket -= 1
+                return None
+            self.limited += 1
+            wait = (1 - self._bucket) / self.rate_limit
+            headers = self._limit_headers() if self.ratelimit_headers else {}
+        if self.retry_after in ("ceil", "ms"):
+            headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        if self.retry_after == "exact":
+            headers["Retry-After"] = f"{wait:.3f}"
+        if self.retry_after == "ms":
+            headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
+        err = {"error": {"message": "Rate limit reached for requests", "type": "requests", "code": "rate_limit_exceeded"}}
+        return web.json_response(err, status=429, headers=headers)
+
+    def _limit_headers(self) -> dict[str, str]:
+        """x-ratelimit-* as OpenAI sends them (call with the lock held)."""
+        full_in = max(0.0, (self.burst - self._bucket) / self.rate_limit)
+        return {"x-ratelimit-limit-requests": str(int(self.burst)), "x-ratelimit-remaining-requests": str(max(0, int(self._bucket))),
+                "x-ratelimit-reset-requests": f"{full_in * 1000:.0f}ms"}
 
 
 def _main() -> None:
@@ -229,8 +282,13 @@ def _main() -> None:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--latency", type=float, default=0.0)
     ap.add_argument("--answer", default="positive")
+    ap.add_argument("--rate-limit", type=float, default=None, help="chat requests per second admitted (token bucket)")
+    ap.add_argument("--burst", type=float, default=None, help="bucket size (default: one second's worth)")
+    ap.add_argument("--retry-after", default="ceil", choices=["ceil", "exact", "ms", "none"])
+    ap.add_argument("--ratelimit-headers", action="store_true")
     args = ap.parse_args()
-    server = FakeLLMServer(responder=lambda req: args.answer, latency=args.latency, record=False, port=args.port).start()
+    server = FakeLLMServer(responder=lambda req: args.answer, latency=args.latency, record=False, port=args.port, rate_limit=args.rate_limit,
+                           burst=args.burst, retry_after=args.retry_after, ratelimit_headers=args.ratelimit_headers).start()
     print(f"PORT {server.port}", flush=True)
     try:
         sys.stdin.read()  # runs until stdin closes or the process is killed

@@ -14,7 +14,8 @@ from typing import Any
 
 from ..errors import UnknownTeacherError
 
-__all__ = ["TeacherRequest", "TeacherAnswer", "Teacher", "TransientError", "register_teacher", "get_teacher", "teacher_names"]
+__all__ = ["TeacherRequest", "TeacherAnswer", "Teacher", "TransientError", "register_teacher", "get_teacher", "teacher_names",
+           "content_text", "estimate_tokens"]
 
 
 @dataclass
@@ -22,7 +23,9 @@ class TeacherRequest:
     messages: list[dict[str, str]]
     params: dict[str, Any]  # max_tokens, temperature, top_p, frequency_penalty, presence_penalty, stop
     options: list[str] | None = None  # closed answer set: a local teacher may score these instead of generating
-    key: str = ""  # cache key (hash of model, messages, params, sample index)
+    key: str = ""  # cache key (hash of model, messages, params but max_tokens, sample index; see labelling._build_requests)
+    row: Any = None  # the dataset row id the request was built for (recorded in the answer cache)
+    legacy_key: str | None = None  # the key the same request had before max_tokens left the key (older caches)
 
 
 @dataclass
@@ -33,18 +36,44 @@ class TeacherAnswer:
     completion_tokens: int = 0
     option_probs: dict[str, float] | None = None  # when options were scored: probability of each
     extra: dict[str, Any] = field(default_factory=dict)
+    max_tokens: int | None = None  # the limit it was asked under (a "stop" answer stays valid under a larger one)
+    limits: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # rate-limit headers; not cached
+
+
+def content_text(content: Any) -> str:
+    """A message content as text: a string as is, a list of content parts joined (text parts only), None as ""."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+        return "".join(parts)
+    return str(content)
+
+
+def estimate_tokens(messages: list[dict[str, Any]]) -> int:
+    """Prompt tokens estimated from characters (4 per token, 4 per message), for budgets and missing usage."""
+    return sum(len(content_text(m.get("content"))) for m in messages) // 4 + 4 * len(messages)
 
 
 class TransientError(Exception):
     """A failure worth retrying (429, 503, 5xx, timeout, dropped connection).
 
-    retry_after: seconds the server asked us to wait, if it said.
+    retry_after: seconds the server asked us to wait, if it said; status 429 means rate limited (back-pressure:
+    the engine slows down and does not count it against teacher.max_retries); limits: the x-ratelimit-* headers.
     """
 
-    def __init__(self, message: str, retry_after: float | None = None, status: int | None = None):
+    def __init__(self, message: str, retry_after: float | None = None, status: int | None = None, limits: dict[str, Any] | None = None):
         super().__init__(message)
         self.retry_after = retry_after
         self.status = status
+        self.limits = limits
 
 
 class Teacher:
@@ -55,6 +84,7 @@ class Teacher:
 
     batch_size: int = 1
     supports_options: bool = False  # True: answers option requests by scoring, with option_probs
+    key_settings: tuple[str, ...] = ()  # teacher spec settings that shape a request beyond its messages (in the cache key)
 
     def __init__(self, spec) -> None:  # spec: pipeline.spec.TeacherSpec
         self.spec = spec

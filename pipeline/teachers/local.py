@@ -22,6 +22,7 @@ __all__ = ["LocalTeacher"]
 
 class LocalTeacher(Teacher):
     supports_options = True
+    key_settings = ("prompt_format", "answer_cue")  # they change the rendered prompt, so they are in the cache key
 
     def __init__(self, spec) -> None:
         super().__init__(spec)

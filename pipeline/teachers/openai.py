@@ -28,13 +28,15 @@ import asyncio
 import email.utils
 import json
 import os
+import re
 import time
 from typing import Any
 
 from ..errors import TeacherError
-from .base import Teacher, TeacherAnswer, TeacherRequest, TransientError
+from .base import Teacher, TeacherAnswer, TeacherRequest, TransientError, content_text, estimate_tokens
 
-__all__ = ["OpenAITeacher", "AiohttpTransport", "api_key_from_env", "retry_after_seconds", "status_error", "unreachable"]
+__all__ = ["OpenAITeacher", "AiohttpTransport", "api_key_from_env", "retry_after_seconds", "rate_limit_headers", "status_error",
+           "unreachable", "parse_completion"]
 
 NO_KEY = "no-key-needed"  # sent when api_key_env is None: local servers (vLLM, Ollama) accept any key
 TRANSIENT_STATUS = {408, 409, 425, 429}
@@ -76,6 +78,46 @@ def retry_after_seconds(headers: Any) -> float | None:
         return None
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration_s(value: Any) -> float | None:
+    """"1s", "6m0s", "20ms", "0.5" (seconds) -> seconds; None when unreadable."""
+    text = str(value).strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
+        return None
+    return sum(float(n) * _UNIT_S[u] for n, u in parts)
+
+
+def _count(value: Any) -> int | None:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def rate_limit_headers(headers: Any) -> dict[str, Any] | None:
+    """The x-ratelimit-* headers (OpenAI, Azure) as {remaining_requests, remaining_tokens, reset_requests_s,
+    reset_tokens_s, limit_requests, limit_tokens} (only those present), or None when there are none."""
+    if headers is None:
+        return None
+    out: dict[str, Any] = {}
+    for kind in ("requests", "tokens"):
+        for field, parse, name in (("remaining", _count, f"remaining_{kind}"), ("limit", _count, f"limit_{kind}"),
+                                   ("reset", _duration_s, f"reset_{kind}_s")):
+            raw = headers.get(f"x-ratelimit-{field}-{kind}")
+            value = parse(raw) if raw is not None else None
+            if value is not None:
+                out[name] = value
+    return out or None
+
+
 def unreachable(message: str) -> TransientError:
     """A TransientError marked as 'the server could not be reached' (labelling says so if every row fails)."""
     err = TransientError(message)
@@ -89,8 +131,13 @@ def status_error(status: int, headers: Any, message: str, url: str, key_env: str
     credential: what was sent instead of a key, for the 401/403 sentence (e.g. "the Microsoft Entra ID token").
     """
     detail = " ".join(str(message).split())[:200]
+    if status == 429 and any(m in str(message) for m in ("insufficient_quota", "exceeded your current quota")):  # billing, not a rate limit
+        err = TeacherError(f"the account behind the teacher at {url} has no quota left (HTTP 429 insufficient_quota); check its plan and billing.")
+        err.fatal = True  # type: ignore[attr-defined]
+        return err
     if status in TRANSIENT_STATUS or status >= 500:
-        return TransientError(f"the teacher at {url} answered HTTP {status}", retry_after=retry_after_seconds(headers), status=status)
+        return TransientError(f"the teacher at {url} answered HTTP {status}", retry_after=retry_after_seconds(headers), status=status,
+                              limits=rate_limit_headers(headers))
     if status in (401, 403):
         where = credential or (f"the key in {key_env}" if key_env else "the request (no key was sent: set teacher.api_key_env)")
         err = TeacherError(f"the teacher at {url} refused {where} (HTTP {status}); check it and its access to model '{model}'.")
@@ -211,25 +258,42 @@ class OpenAITeacher(Teacher):
             resp = await self._client.post("/chat/completions", cast_to=httpx2.Response, body=self.request_body(request))
         except self._openai.OpenAIError as err:
             raise self.api_error(err) from None
-        return parse_completion(resp.content, self.url)
+        return parse_completion(resp.content, self.url, request, resp.headers)
 
     async def aclose(self) -> None:
         await self._client.close()
         await self._transport.aclose()
 
 
-def parse_completion(content: bytes, url: str) -> TeacherAnswer:
-    """A TeacherAnswer from a chat.completion JSON body; a malformed body is transient (proxies, overload)."""
+def _usage(usage: Any, name: str) -> int | None:
+    """A usage count, or None when missing or not a number ("n/a" from some gateways)."""
+    value = usage.get(name) if isinstance(usage, dict) else None
+    if isinstance(value, bool):
+        return None
+    try:
+        return max(0, int(value)) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_completion(content: bytes, url: str, request: TeacherRequest | None = None, headers: Any = None) -> TeacherAnswer:
+    """A TeacherAnswer from a chat.completion JSON body; a malformed body is transient (proxies, overload).
+
+    message.content may be a list of content parts (their text is joined); usage missing or not numeric is
+    estimated from the characters of the request and the answer, so a gateway's odd usage never stops labelling.
+    """
     try:
         data = json.loads(content)
         choice = data["choices"][0]
-        text = (choice.get("message") or {}).get("content") or ""
+        text = content_text((choice.get("message") or {}).get("content"))
         usage = data.get("usage") or {}
+        finish = choice.get("finish_reason")
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         raise TransientError(f"the teacher at {url} sent a malformed response") from None
-    return TeacherAnswer(
-        text=text,
-        finish_reason=choice.get("finish_reason"),
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-    )
+    prompt, completion = _usage(usage, "prompt_tokens"), _usage(usage, "completion_tokens")
+    if prompt is None:
+        prompt = estimate_tokens(request.messages) if request is not None else 0
+    if completion is None:
+        completion = len(text) // 4 + (1 if text else 0)
+    return TeacherAnswer(text=text, finish_reason=finish if isinstance(finish, str) else None, prompt_tokens=prompt,
+                         completion_tokens=completion, limits=rate_limit_headers(headers))
