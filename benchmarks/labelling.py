@@ -48,7 +48,8 @@ def bench_ours(train: Path, url: str, out: Path, concurrency: int) -> tuple[floa
 
     import aiohttp, httpx2, openai  # noqa: F401,E401  imports are not part of the per-request cost
 
-    spec = load_spec(None, [f"dataset.train={train}", "dataset.test=null", "teacher.provider=openai", "teacher.model=bench",
+    # dataset.test given (any file): no rows are held out of train.jsonl, every row is labelled
+    spec = load_spec(None, [f"dataset.train={train}", f"dataset.test={train}", "teacher.provider=openai", "teacher.model=bench",
                             f"teacher.base_url={url}", "teacher.api_key_env=null", f"teacher.concurrency={concurrency}",
                             "teacher.few_shot=0", f"out={out}"])
     t0, c0 = time.perf_counter(), time.process_time()

@@ -68,7 +68,8 @@ def run_once(engine: str, rows: int, latency: float, rps: float | None, concurre
     try:
         with tempfile.TemporaryDirectory() as tmp:
             train = write_rows(Path(tmp), rows)
-            spec = load_spec(None, [f"dataset.train={train}", "dataset.test=null", "teacher.provider=openai", "teacher.model=bench",
+            # dataset.test given (any file): no rows are held out of train.jsonl, every row is labelled
+            spec = load_spec(None, [f"dataset.train={train}", f"dataset.test={train}", "teacher.provider=openai", "teacher.model=bench",
                                     f"teacher.base_url={url}/v1", "teacher.api_key_env=null", f"teacher.concurrency={concurrency}",
                                     "teacher.few_shot=0", f"out={Path(tmp) / 'run'}"])
             t0 = time.perf_counter()

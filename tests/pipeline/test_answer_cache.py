@@ -27,7 +27,7 @@ def _spec(tmp_path: Path, url: str = "http://127.0.0.1:9/v1", *overrides: str, r
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps({"id": f"r{i}", "text": f"a {'good' if i % 2 else 'bad'} film number {i}", "label": i % 2}) + "\n"
                              for i in range(rows)))
-    return load_spec(None, [f"dataset.train={train}", "dataset.test=null", "teacher.few_shot=0", "teacher.provider=openai",
+    return load_spec(None, [f"dataset.train={train}", f"dataset.test={_test_file(tmp_path)}", "teacher.few_shot=0", "teacher.provider=openai",
                             "teacher.model=fake-model", f"teacher.base_url={url}", "teacher.api_key_env=null", "teacher.concurrency=4",
                             "teacher.max_retries=1", "teacher.timeout_s=5", f"out={tmp_path / 'run'}", *overrides])
 
@@ -123,7 +123,7 @@ def test_raising_max_tokens_resends_only_cut_off_answers(tmp_path):
 
 
 def _api_overrides(spec, server) -> list[str]:
-    return [f"dataset.train={spec.dataset.train}", "dataset.test=null", "teacher.few_shot=0", "teacher.provider=openai", "teacher.model=fake-model",
+    return [f"dataset.train={spec.dataset.train}", f"dataset.test={Path(spec.dataset.train).parent / 'test.jsonl'}", "teacher.few_shot=0", "teacher.provider=openai", "teacher.model=fake-model",
             f"teacher.base_url={server.openai_base_url}", "teacher.api_key_env=null", "teacher.min_success_ratio=0", f"out={spec.out}"]
 
 
@@ -144,3 +144,10 @@ def test_records_carry_the_row_and_the_limit_and_old_caches_still_count(tmp_path
         sent_before = len(server.requests)
         summary = label(spec)
         assert (summary.accepted, summary.requests_sent) == (12, 0) and len(server.requests) == sent_before
+
+
+def _test_file(folder: Path) -> Path:
+    """A separate test file, so every row of train.jsonl is labelled (no held-out split)."""
+    path = folder / "test.jsonl"
+    path.write_text("".join(json.dumps({"text": f"a good test film {i}", "label": 1}) + "\n" for i in range(4)))
+    return path

@@ -31,7 +31,7 @@ def answer(req) -> str:
 def _spec(tmp_path: Path, server: FakeLLMServer, rows: int, *overrides: str):
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps({"text": f"a {'good' if i % 2 else 'bad'} film number {i}", "label": i % 2}) + "\n" for i in range(rows)))
-    return load_spec(None, [f"dataset.train={train}", "dataset.test=null", "teacher.few_shot=0", "teacher.provider=openai",
+    return load_spec(None, [f"dataset.train={train}", f"dataset.test={_test_file(tmp_path)}", "teacher.few_shot=0", "teacher.provider=openai",
                             "teacher.model=fake-model", f"teacher.base_url={server.openai_base_url}", "teacher.api_key_env=null",
                             "teacher.timeout_s=5", f"out={tmp_path / 'run'}", *overrides])
 
@@ -130,3 +130,10 @@ def test_ratelimit_headers_parse_and_pause():
 
     asyncio.run(one())
     assert pace.resume_at == 11.5
+
+
+def _test_file(folder: Path) -> Path:
+    """A separate test file, so every row of train.jsonl is labelled (no held-out split)."""
+    path = folder / "test.jsonl"
+    path.write_text("".join(json.dumps({"text": f"a good test film {i}", "label": 1}) + "\n" for i in range(4)))
+    return path
