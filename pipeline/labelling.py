@@ -144,9 +144,12 @@ def _params(spec) -> dict[str, Any]:
 def _key_settings(t) -> dict[str, Any]:
     """The teacher's settings that shape a request beyond its messages (local: prompt_format, answer_cue)."""
     try:
-        names = get_teacher(t.provider).key_settings
+        factory = get_teacher(t.provider)
     except UnknownTeacherError:
-        names = ()
+        return {}
+    names = getattr(factory, "key_settings", None)
+    if names is None:  # a factory such as functools.partial(AzureTeacher, credential=...)
+        names = getattr(getattr(factory, "func", None), "key_settings", ())
     return {name: getattr(t, name) for name in names}
 
 
