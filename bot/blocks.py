@@ -26,6 +26,7 @@ __all__ = [
     "cancelled_text",
     "format_duration",
     "format_count",
+    "load_lines",
 ]
 
 START_ACTION = "distill_start"
@@ -255,7 +256,18 @@ def report_message(run_id: str, report: dict[str, Any]) -> dict[str, Any]:
                   ("Labelling", labelling), ("Training", training),
                   ("Adapter", f"`{paths.get('adapter', '?')}`")]),
     ]
+    if paths.get("adapter"):
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "*Load it*\n```" + load_lines(report) + "```"}})
     return {"text": headline, "blocks": blocks}
+
+
+def load_lines(report: dict[str, Any]) -> str:
+    """The two lines that load the distilled student (a peft adapter; a full model for method full)."""
+    adapter = (report.get("paths") or {}).get("adapter") or "RUN/student"
+    if ((report.get("student") or {}).get("method")) == "full":
+        return f'from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained("{adapter}")'
+    return f'from peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained("{adapter}")'
+
 
 
 def failure_text(run_id: str, error: str | None, out: str | None) -> str:

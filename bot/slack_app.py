@@ -32,6 +32,7 @@ from pipeline.errors import DistilleryError
 from skills.uploads import UploadStore
 
 from . import commands
+from .app_home import publish_home
 from .blocks import CANCEL_ACTION, START_ACTION
 from .slack_files import FileRequests, SlackFiles
 from .slack_flow import SlackFlow, redact
@@ -195,6 +196,20 @@ def create_app(config: SlackConfig | None = None, agent=None, registry=None, pla
         channel, thread_ts, user = _where(body)
         await flow.on_cancel_plan(body["actions"][0]["value"], user, channel, thread_ts)
 
+    # -- the App Home tab: the person's recent runs (bot/app_home.py) ------------------------------------------
+    team_urls: dict[str, str] = {}
+
+    async def on_home_opened(event: dict) -> None:
+        if event.get("tab", "home") != "home" or not event.get("user"):
+            return
+        if "url" not in team_urls:
+            try:
+                team_urls["url"] = (await client.auth_test()).get("url") or ""
+            except Exception as err:  # noqa: BLE001 - the tab still works without thread links
+                log.info("auth.test failed: %s", redact(str(err)))
+        await publish_home(client, registry, event["user"], team_urls.get("url"))
+
+    app.event("app_home_opened")(ack=ack_now, lazy=[on_home_opened])
     app.event("app_mention")(ack=ack_now, lazy=[on_mention])
     app.event("message")(ack=ack_now, lazy=[on_message])
     app.command(DISTILL_COMMAND)(ack=ack_now, lazy=[on_command])

@@ -30,7 +30,7 @@ from pipeline.errors import DatasetError, DistilleryError
 from skills.uploads import Upload, UploadStore, safe_name
 
 __all__ = ["SlackFiles", "FileRequests", "FileRefused", "phrase_refers_to_a_file", "replace_file_phrase", "SLACK_FILE_HOST", "DATA_SUFFIXES",
-           "max_file_bytes"]
+           "max_file_bytes", "max_upload_bytes", "zip_adapter"]
 
 log = logging.getLogger("distillery.slack")
 
@@ -48,13 +48,18 @@ class FileRefused(DistilleryError):
     """An attached file cannot be used as a dataset (type, size, host, login page, another channel)."""
 
 
-def max_file_bytes(env: dict[str, str] | None = None) -> int:
+def _megabytes(name: str, default: float, env: dict[str, str] | None = None) -> int:
+    """Bytes from an environment variable in MB (the default when unset or not a number)."""
     env = os.environ if env is None else env
     try:
-        mb = float(env.get("DISTILLERY_SLACK_MAX_FILE_MB") or 200)
+        mb = float(env.get(name) or default)
     except ValueError:
-        mb = 200.0
+        mb = default
     return int(mb * 1024 * 1024)
+
+
+def max_file_bytes(env: dict[str, str] | None = None) -> int:
+    return _megabytes("DISTILLERY_SLACK_MAX_FILE_MB", 200, env)
 
 
 def phrase_refers_to_a_file(text: str) -> bool:
@@ -323,3 +328,28 @@ def _question(upload: Upload, guess: dict[str, Any]) -> str:
         hint = f" My guess: `text={guess['text']} label={guess['label']}`."
     return (f"I can't tell which column of {upload.original_name} is the text and which is the label (columns: {cols}).{hint} "
             "Reply in this thread with `text=COLUMN label=COLUMN` and I'll remember it for this file.")
+
+
+# ---- files out: the distilled adapter as a .zip in the report's thread ---------------------------------------------
+
+def max_upload_bytes(env: dict[str, str] | None = None) -> int:
+    return _megabytes("DISTILLERY_SLACK_MAX_UPLOAD_MB", 50, env)
+
+
+def zip_adapter(adapter: Path, dest: Path, max_bytes: int) -> Path | None:
+    """`adapter` (a run's student/ folder) zipped into `dest`, or None when it is missing or over `max_bytes`.
+
+    Only regular files inside the folder are taken (symlinks are skipped, so nothing outside the run is packed)."""
+    adapter = Path(adapter)
+    if not adapter.is_dir() or adapter.is_symlink():
+        return None
+    root = adapter.resolve()
+    files = [p for p in sorted(adapter.rglob("*")) if p.is_file() and not p.is_symlink()
+             and not any(q.is_symlink() for q in p.relative_to(adapter).parents if str(q) != ".")
+             and p.resolve().is_relative_to(root) and "merged" not in p.relative_to(adapter).parts]
+    if not files or sum(p.stat().st_size for p in files) > max_bytes:
+        return None
+    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for p in files:
+            zf.write(p, str(Path(adapter.name) / p.relative_to(adapter)))
+    return dest if dest.stat().st_size <= max_bytes else None

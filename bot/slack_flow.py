@@ -314,3 +314,20 @@ class SlackFlow:
         if chart and Path(chart).is_file():
             await self.client.files_upload_v2(channel=channel, thread_ts=thread_ts, file=chart, filename="report.png",
                                               title=f"Run {rec.id}: scores and training loss")
+        await self._upload_adapter(rec, report, channel, thread_ts)
+
+    async def _upload_adapter(self, rec, report: dict, channel: str, thread_ts: str) -> None:
+        """The adapter as a .zip in the thread when it is under DISTILLERY_SLACK_MAX_UPLOAD_MB (default 50)."""
+        import tempfile
+
+        from .slack_files import max_upload_bytes, zip_adapter
+
+        adapter = (report.get("paths") or {}).get("adapter") or (rec.paths or {}).get("adapter")
+        if not adapter:
+            return
+        with tempfile.TemporaryDirectory(prefix="distillery-adapter-") as tmp:
+            packed = await asyncio.to_thread(zip_adapter, Path(adapter), Path(tmp) / f"adapter-{rec.id}.zip", max_upload_bytes())
+            if packed is None:
+                return
+            await self.client.files_upload_v2(channel=channel, thread_ts=thread_ts, file=str(packed), filename=packed.name,
+                                              title=f"Run {rec.id}: the distilled adapter (unzip, then load it as shown above)")

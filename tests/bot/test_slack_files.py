@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import zipfile
 from pathlib import Path
 
 from bot.slack_app import create_app
@@ -80,7 +81,7 @@ def test_attached_csv_without_test_file_plan_start_embedded_worker_report(env, t
             end = slack.wait_for(lambda: [c for c in posts(slack, f"Run `{run.id}` ")
                                           if "is done" in c["text"] or "failed" in c["text"]],
                                  timeout=400, what="the end of the run (only the app's embedded worker runs it)")[0]
-            slack.wait_for(lambda: slack.calls("files.completeUploadExternal"), what="the chart upload")
+            slack.wait_for(lambda: len(slack.calls("files.completeUploadExternal")) == 2, what="the chart and adapter uploads")
     record = env.registry.get(run.id)
     assert record.status == "done", record.error
     # the file: metadata from files.info, downloaded with the bot token from the fake Slack's host, stored by ids
@@ -104,6 +105,14 @@ def test_attached_csv_without_test_file_plan_start_embedded_worker_report(env, t
     assert len(tested) == 20 and not labelled & tested  # held-out rows were never labelled for training
     with open(record.paths["report_png"], "rb") as f:
         assert f.read() in slack.uploads.values()
+    # the adapter: its path and the two peft lines in the report, and the adapter itself as a .zip in the thread
+    adapter = record.report["paths"]["adapter"]
+    assert f'AutoPeftModelForCausalLM.from_pretrained("{adapter}")' in json.dumps(end["blocks"]).replace('\\"', '"')
+    zips = [zipfile.ZipFile(io.BytesIO(b)) for b in slack.uploads.values() if b[:2] == b"PK"]
+    assert len(zips) == 1 and "student/adapter_config.json" in zips[0].namelist()
+    assert zips[0].read("student/adapter_model.safetensors") == (Path(adapter) / "adapter_model.safetensors").read_bytes()
+    upload = [c for c in slack.calls("files.completeUploadExternal") if "adapter" in json.dumps(c.get("files"))][0]
+    assert upload["thread_ts"] == THREAD
     path = os.environ.get("DISTILLERY_SLACK_TRANSCRIPT")
     if path:  # the lead's closing note quotes it
         Path(path).write_text(transcript(slack), encoding="utf-8")
@@ -205,3 +214,37 @@ def test_ambiguous_columns_are_asked_once_and_remembered_for_the_file(env, tiny_
         _attach(server, slack, "F0TICKETS", "C1", "1690000009.000100", text="distill this dataset into gemma-3-270m")
         slack.wait_for(lambda: len(posts(slack, "distill_start")) == 2, what="a second plan card")
     assert len(posts(slack, "which column of tickets.csv is the text")) == 1
+
+
+def test_the_adapter_zip_respects_the_upload_limit_and_never_follows_links(tmp_path):
+    from bot.slack_files import zip_adapter
+
+    adapter = tmp_path / "student"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"w" * 4000)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("operator's secret")
+    (adapter / "notes.txt").symlink_to(secret)  # a link out of the run folder is never packed
+    packed = zip_adapter(adapter, tmp_path / "a.zip", max_bytes=10_000)
+    assert sorted(zipfile.ZipFile(packed).namelist()) == ["student/adapter_config.json", "student/adapter_model.safetensors"]
+    assert zip_adapter(adapter, tmp_path / "b.zip", max_bytes=1_000) is None  # over DISTILLERY_SLACK_MAX_UPLOAD_MB
+    assert zip_adapter(tmp_path / "missing", tmp_path / "c.zip", max_bytes=10_000) is None
+
+
+def test_terminal_chat_distills_a_csv_path_inside_the_data_folders(tmp_path, monkeypatch):
+    import asyncio
+
+    from bot.agent import build_agent
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "reviews.csv").write_bytes(reviews_csv(120))
+    (tmp_path / "outside.csv").write_bytes(reviews_csv(120))
+    monkeypatch.setenv("DISTILLERY_DATA_DIRS", str(data))
+    monkeypatch.chdir(data)
+    agent = build_agent()
+    reply = asyncio.run(agent.respond("t1", "me", "distill ./reviews.csv into gemma-3-270m", {"source": "terminal"}))
+    assert "on reviews.csv, task classification, 90 rows; testing on 30 rows held out from reviews.csv" in reply.text
+    refused = asyncio.run(agent.respond("t1", "me", f"distill {tmp_path / 'outside.csv'} into gemma-3-270m", {"source": "terminal"}))
+    assert "outside the data folders" in refused.text and refused.plan_id is None
