@@ -28,6 +28,7 @@ __all__ = [
     "TrainingError",
     "EvaluationError",
     "RunError",
+    "ClusterError",
     "Cancelled",
 ]
 
@@ -74,6 +75,10 @@ class EvaluationError(DistilleryError):
 
 class RunError(DistilleryError):
     """A run record or folder is missing, corrupt or in the wrong state."""
+
+
+class ClusterError(DistilleryError):
+    """The Ray cluster cannot be reached, refuses the token, or lacks what the run needs."""
 
 
 class Cancelled(DistilleryError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["distillery_home", "models_dir"]
+__all__ = ["distillery_home", "models_dir", "runs_dir"]
 
 
 def distillery_home() -> Path:
@@ -20,3 +20,9 @@ def models_dir() -> Path:
     path = Path(override).expanduser().absolute() if override else distillery_home() / "models"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def runs_dir(home: Path | None = None) -> Path:
+    """Where runs get their own folder (RUNS/<id>): DISTILLERY_RUNS_DIR (shared storage a Ray cluster also sees), else HOME/runs."""
+    override = os.environ.get("DISTILLERY_RUNS_DIR")
+    return Path(override).expanduser().absolute() if override else (home or distillery_home()) / "runs"

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RunError
-from .home import distillery_home
+from .home import distillery_home, runs_dir
 from .migrations import apply_migrations
 from .progress import Progress
 
@@ -276,7 +276,7 @@ class Registry:
                 return run_id
 
     def _resolve_out(self, db: sqlite3.Connection, out: str, run_id: str, own_folder_for_default: bool) -> str:
-        own = str(self.home / "runs" / run_id)
+        own = str(runs_dir(self.home) / run_id)
         if own_folder_for_default and out in DEFAULT_OUTS:
             return own
         now = time.time()
@@ -454,6 +454,22 @@ class Registry:
             cur = db.execute(f"UPDATE runs SET heartbeat_at = ? WHERE id = ? AND worker_id = ? AND status IN {RUNNING}",
                              (time.time(), run_id, worker_id))
             return cur.rowcount == 1
+
+    def next_attempt(self, run_id: str, worker_id: str, reason: str) -> int | None:
+        """A lost Ray job is submitted again: count the attempt (None, and the run failed, after MAX_ATTEMPTS)."""
+        now = time.time()
+        with self._write() as db:
+            row = db.execute(f"SELECT * FROM runs WHERE id = ? AND worker_id = ? AND status IN {RUNNING}",
+                             (run_id, worker_id)).fetchone()
+            if row is None:
+                return None
+            if row["attempts"] >= MAX_ATTEMPTS:
+                self._settle_abandoned(db, row, now)
+                return None
+            db.execute("UPDATE runs SET attempts = attempts + 1, heartbeat_at = ?, updated_at = ? WHERE id = ?",
+                       (now, now, run_id))
+            self._event(db, run_id, "resubmitted", row["stage"], {"attempt": row["attempts"] + 1, "reason": reason})
+            return row["attempts"] + 1
 
     def release(self, run_id: str, worker_id: str) -> bool:
         """A worker shutting down hands a run back: the next worker resumes it without waiting for staleness."""

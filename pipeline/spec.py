@@ -129,6 +129,7 @@ class TrainSpec(_Strict):
     checkpoint_every: int = Field(20, ge=1)  # steps between resumable checkpoints
     keep_rationale: bool = True  # train on rationale + answer (step-by-step) or the answer only
     merge: bool = False  # also write a merged full model (student/merged)
+    workers: int = Field(1, ge=1, le=1024)  # data-parallel training processes (GPUs); > 1 trains with Ray Train (docs/ray.md)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: far less memory, ~30 % slower
 
 

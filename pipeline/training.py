@@ -8,8 +8,8 @@ supervised positions, length-grouped batches) are in pipeline/batching.py; atomi
 pipeline/checkpoints.py. A re-run with the same spec resumes from the newest checkpoint and ends where an
 uninterrupted run ends; a finished student whose fingerprint matches the spec is returned without retraining.
 
-Single process on one device (cuda, mps or cpu; bf16 weights on CUDA, LoRA weights stay fp32). Multi-GPU data
-parallel is not implemented: under `accelerate launch`/`torchrun` (WORLD_SIZE > 1) train() refuses to start.
+One process on one device (cuda, mps or cpu; bf16 weights on CUDA, LoRA weights stay fp32); with train.workers
+N > 1, data parallel over N processes with Ray Train (pipeline/distributed.py, the same loop sharded).
 With early stopping, the weights of the best validation loss are the ones saved.
 """
 
@@ -51,6 +51,7 @@ class TrainSummary:
     resumed_from: int = 0  # step of the checkpoint this session started from (0: from scratch)
     stopped_early: bool = False
     fingerprint: str = ""
+    workers: int = 1  # data-parallel processes (train.workers; > 1: Ray Train, pipeline/distributed.py)
 
 
 def read_labelled(out: Path) -> list[dict[str, Any]]:
@@ -83,10 +84,8 @@ def check_student(spec) -> str:
     """The training device, or TrainingError for what cannot work here (QLoRA without CUDA, multi-process)."""
     from .models import pick_device
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would train the whole run and write the same files
-        raise TrainingError("multi-process training (accelerate launch, torchrun) is not supported yet; run distillery train as one process.")
     device = pick_device(spec.student.device)
-    if spec.student.method == "qlora":
+    if spec.student.method == "qlora" and spec.train.workers == 1:  # with Ray Train the workers hold the GPUs
         import torch
 
         if not torch.cuda.is_available() or not device.startswith("cuda"):
@@ -218,6 +217,10 @@ def train(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
         if cfg.merge and not (out / "student" / "merged").is_dir():
             _write_merged(spec, out / "student", device)
         return done
+    if cfg.workers > 1:  # data parallel on Ray Train, same recipe (pipeline/distributed.py)
+        from .distributed import train_distributed
+
+        return train_distributed(spec, progress, should_stop)
     from .models import render_chat, resolve_model
 
     _check_seq_len(resolve_model(spec.student.model), cfg.max_seq_len)
@@ -313,7 +316,7 @@ def train(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
         examples=len(train_rows), steps=step, seconds=round(seconds, 3), tokens_per_second=tokens / max(seconds, 1e-9),
         final_loss=history[-1]["loss"] if history else None, loss_history=history, val_losses=val_history,
         method=spec.student.method, device=device, val_examples=len(val_rows), resumed_from=resumed_from,
-        stopped_early=stopped_early, fingerprint=fingerprint)
+        stopped_early=stopped_early, fingerprint=fingerprint, workers=1)
     _save_student(spec, model, tokenizer, device)
     _write_json(out / "training.json", asdict(summary))
     write_model_card(spec)

@@ -173,6 +173,10 @@ class _Child:
 
 
 def _spawn(reg: Registry, run_id: str, worker_id: str) -> subprocess.Popen:
+    if os.environ.get("DISTILLERY_RAY_ADDRESS"):  # the run executes as a Ray job; the handle acts like a Popen
+        from .ray_executor import submit_run
+
+        return submit_run(reg, run_id, worker_id)
     logs = reg.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pipeline.worker", "--execute", run_id, "--home", str(reg.home),
@@ -272,6 +276,9 @@ def _tick(reg: Registry, children: dict[str, _Child], lock: threading.Lock, work
         log.info("run %s: claimed (attempt %d)", rec.id, rec.attempts)
         try:
             proc = _spawn(reg, rec.id, worker_id)
+        except DistilleryError as err:  # Ray: cluster unreachable, no GPU for a GPU plan; nothing was submitted
+            reg.fail(rec.id, str(err))
+            continue
         except OSError as err:
             reg.fail(rec.id, f"the worker could not start the run's process ({err}); check the worker's environment.")
             continue

@@ -147,6 +147,8 @@ class Hardware:
     extra: dict = field(default_factory=dict)
 
     def describe(self) -> str:
+        if self.extra.get("where"):  # a Ray cluster (deployment_hardware)
+            return self.extra["where"]
         if self.gpu:
             return f"{self.gpu_name} with {self.gpu_memory_gb:.0f} GB"
         return f"CPU only ({self.cpu_count} cores, {self.ram_gb:.0f} GB RAM, no GPU)"
@@ -170,6 +172,31 @@ def detect_hardware() -> Hardware:
     except ImportError:
         pass
     return Hardware(False, None, 0.0, cpus, ram)
+
+
+ASSUMED_GPU_GB = 24.0  # a cluster whose GPU type Ray does not report: assume the smallest common data-centre GPU
+
+
+def deployment_hardware() -> Hardware:
+    """Where runs execute: the Ray cluster when DISTILLERY_RAY_ADDRESS is set (its GPUs, per GPU memory), else here.
+
+    An unreachable cluster raises ClusterError (one sentence); plans never guess a cluster they cannot see.
+    """
+    from pipeline.ray_cluster import cluster_info, ray_address
+
+    if not ray_address():
+        return detect_hardware()
+    info = cluster_info()
+    memory = info.gpu_memory_gb or (ASSUMED_GPU_GB if info.gpus else 0.0)
+    where = info.describe() + ("" if info.gpu_memory_gb or not info.gpus else f" (GPU memory not reported; {ASSUMED_GPU_GB:g} GB assumed)")
+    return Hardware(bool(info.gpus), info.gpu_type or ("GPU" if info.gpus else None), memory, int(info.cpus),
+                    info.resources.get("memory", 0.0) / 1e9, {"where": where, "gpus": int(info.gpus), "ray": info.address})
+
+
+def gpus_to_use(entry: ModelEntry, hw: Hardware) -> int:
+    """train.workers for a plan: every GPU of a Ray cluster (data parallel) for a GPU-sized student, else 1."""
+    gpus = int(hw.extra.get("gpus", 0))
+    return gpus if hw.gpu and gpus > 1 and entry.params_b > CPU_MAX_PARAMS_B else 1
 
 
 def can_train(entry: ModelEntry, method: str, hw: Hardware) -> tuple[bool, str]:

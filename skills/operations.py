@@ -24,7 +24,8 @@ from pipeline.splits import split_info
 from pipeline.spec import TASKS, apply_overrides, validate_spec
 from pipeline.worker import queue_warning
 
-from .catalog import CATALOG, ModelEntry, best_method, can_train, detect_hardware, find_model, local_model_params_b, resolve_models
+from .catalog import (CATALOG, ModelEntry, best_method, can_train, deployment_hardware, find_model, gpus_to_use,
+                      local_model_params_b, resolve_models)
 from .data_access import describe_dataset as _describe
 from .data_access import DatasetInfo, find_dataset
 from .data_access import list_datasets as _list
@@ -82,11 +83,12 @@ def list_teachers() -> list[dict[str, Any]]:
 
 
 def list_models(query: str | None = None) -> list[dict[str, Any]]:
-    """Catalog entries matching query (all when empty), with memory needs and whether this machine can train them.
+    """Catalog entries matching query (all when empty), with memory needs and whether this deployment can train them
+    (the Ray cluster when DISTILLERY_RAY_ADDRESS is set, with the GPUs it would use).
 
     API teachers say which teacher profile serves them (`profiles`), empty when the operator configured none.
     """
-    hw = detect_hardware()
+    hw = deployment_hardware()
     profiles = load_profiles()
     out = []
     for e in resolve_models(query or ""):
@@ -96,6 +98,8 @@ def list_models(query: str | None = None) -> list[dict[str, Any]]:
             method = best_method(e, hw)
             d["trainable_here"], d["why"] = can_train(e, method, hw)
             d["method_here"] = method
+            if hw.extra.get("ray"):
+                d["runs_on"], d["gpus"] = hw.describe(), gpus_to_use(e, hw)
         else:
             d["trainable_here"], d["why"] = False, "teacher only (served by an API)"
         out.append(d)
@@ -278,7 +282,8 @@ def plan_distillation(dataset: str, student: str | None = None, teacher: str | N
     # 2. models
     student_entry, others = resolve_student(student, profiles)
     profile, teacher_notes, teacher_block = _pick_teacher(teacher, student_entry, profiles)
-    hw = detect_hardware()
+    hw = deployment_hardware()  # the Ray cluster when one is configured
+    gpus = gpus_to_use(student_entry, hw)
     # 3. the spec: defaults, then the allowed overrides; validated once, and everything below reads it
     wanted_rows = int(rows) if rows else min(len(records), DEFAULT_ROWS)
     data: dict[str, Any] = {
@@ -287,6 +292,7 @@ def plan_distillation(dataset: str, student: str | None = None, teacher: str | N
         "dataset": {"train": info.train, "test": info.test, "train_size": wanted_rows, "fields": fields},
         "teacher": dict(profile.section),
         "student": {"model": student_entry.id, "method": best_method(student_entry, hw)},
+        **({"train": {"workers": gpus}} if gpus > 1 else {}),
         "out": "runs/default",  # decided again when the plan starts: DISTILLERY_HOME/runs/<run id>
     }
     spec = validate_spec(apply_overrides(data, chat_keys))
@@ -317,7 +323,8 @@ def plan_distillation(dataset: str, student: str | None = None, teacher: str | N
     if not runnable and not teacher_block:
         need = student_entry.memory_gb(method if hw.gpu else "qlora")
         alternatives = [f"a smaller student such as {' or '.join(SMALL_STUDENTS)}",
-                        f"a GPU worker with at least {need:g} GB (QLoRA) running `distillery worker`"]
+                        f"a GPU worker with at least {need:g} GB (QLoRA) running `distillery worker`",
+                        "a Ray cluster with such a GPU (set DISTILLERY_RAY_ADDRESS; docs/ray.md)"]
     elif teacher_block:
         alternatives = [f"a smaller student such as {' or '.join(SMALL_STUDENTS)}", "a bigger teacher profile"]
     summary = {
@@ -326,7 +333,8 @@ def plan_distillation(dataset: str, student: str | None = None, teacher: str | N
         "student_params_b": student_entry.params_b, "method": method, "rows": rows_final,
         "test": test["text"], "test_rows": test["rows"], "estimate": est,
         "hardware_needed": f"~{student_entry.memory_gb(method):g} GB for {method}" if student_entry.params_b else "small",
-        "hardware_here": hw.describe(), "runnable": runnable, "why": why, "alternatives": alternatives,
+        "hardware_here": hw.describe(), "runs_on": hw.describe() if hw.extra.get("ray") else "this deployment's worker",
+        "gpus": spec.train.workers if hw.gpu else 0, "runnable": runnable, "why": why, "alternatives": alternatives,
         "expected_minutes": _expected_minutes(student_entry, rows_final, spec.train.epochs, hw.gpu), "notes": notes,
     }
     return plans.create(spec.model_dump(mode="json"), summary, _who(requested_by))
@@ -395,6 +403,9 @@ def plan_text(plan: Plan) -> str:
         f"{' at ' + est['pricing'] if est.get('pricing', 'list price') != 'list price' else ''}.",
         f"Hardware: {s['hardware_needed']}; this deployment: {s['hardware_here']}. Expected time: ~{s['expected_minutes']} min.",
     ]
+    if s.get("runs_on", "").startswith("the Ray cluster"):
+        lines.append(f"Runs on {s['runs_on']}, {s['method']}" + (f" on {s['gpus']} GPUs (Ray Train)." if s.get("gpus", 0) > 1
+                                                                 else " on 1 GPU." if s.get("gpus") else " on CPU."))
     if s.get("runnable"):
         lines.append(f"Say 'yes' or start_distillation {plan.id} to start it (plans expire after an hour).")
     else:

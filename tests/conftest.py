@@ -45,3 +45,29 @@ def gemma_path() -> Path:
     from pipeline.models import resolve_model
 
     return Path(resolve_model("gemma-3-270m"))
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A real local Ray head (token auth on, loopback, free ports) shared by the Ray tests; stopped at the end.
+
+    It declares 2 logical A100-80G GPUs (Ray schedules by declared resources), so plans can be checked against a
+    GPU cluster; the test runs pin student.device=cpu and never ask for one.
+    """
+    from ray_head import RayHead
+
+    head = RayHead(num_cpus=4, num_gpus=2, resources={"accelerator_type:A100-80G": 1})
+    head.start()
+    try:
+        yield head
+    finally:
+        head.stop()
+
+
+@pytest.fixture
+def cluster(ray_head, monkeypatch):
+    """The box's environment pointed at the shared head: its address and its token (read by Ray's own client)."""
+    monkeypatch.setenv("DISTILLERY_RAY_ADDRESS", ray_head.address)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", ray_head.token)
+    return ray_head

@@ -13,6 +13,7 @@ never in the developer's home; clients read it with RAY_AUTH_MODE=token. `ray st
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -59,8 +60,11 @@ def _free_range(width: int) -> tuple[int, int]:
 
 
 class RayHead:
-    def __init__(self, num_cpus: int = 4, env: dict[str, str] | None = None, start_timeout: float = 240.0):
+    def __init__(self, num_cpus: int = 4, env: dict[str, str] | None = None, start_timeout: float = 240.0,
+                 num_gpus: int = 0, resources: dict[str, float] | None = None):
+        """num_gpus/resources are logical (Ray schedules by them; no GPU is needed to declare them)."""
         self.num_cpus, self.extra_env, self.start_timeout = num_cpus, dict(env or {}), start_timeout
+        self.num_gpus, self.resources = num_gpus, dict(resources or {})
         self.dir = Path(tempfile.mkdtemp(prefix="rayh", dir="/tmp"))  # short: Ray's unix sockets live under it
         self.home = self.dir / "home"
         self.home.mkdir()
@@ -91,15 +95,17 @@ class RayHead:
         self.env = {**os.environ, **self.extra_env, "HOME": str(self.home), "RAY_AUTH_MODE": "token",
                     "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
                     "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-        self.env.pop("RAY_ADDRESS", None)
-        self.env.pop("DISTILLERY_RAY_ADDRESS", None)
+        for var in ("RAY_ADDRESS", "DISTILLERY_RAY_ADDRESS", "DISTILLERY_RUNS_DIR", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+            self.env.pop(var, None)
+        self.env["DISTILLERY_HOME"] = str(self.dir / "cluster-home")  # the cluster's own; it never sees the box's
         cmd = ["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
                "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--include-dashboard", "true",
                "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent_http),
                "--dashboard-agent-grpc-port", str(agent_grpc), "--metrics-export-port", str(metrics),
                "--node-manager-port", str(node), "--object-manager-port", str(objm),
                "--runtime-env-agent-port", str(rtenv), "--min-worker-port", str(lo), "--max-worker-port", str(hi),
-               "--num-cpus", str(self.num_cpus), "--num-gpus", "0", "--disable-usage-stats",
+               "--num-cpus", str(self.num_cpus), "--num-gpus", str(self.num_gpus), "--disable-usage-stats",
+               "--resources", json.dumps(self.resources),
                "--temp-dir", str(self.dir / "t")]
         start_env = {k: v for k, v in self.env.items() if k != "RAY_AUTH_MODE"}
         token = self.home / ".ray" / "auth_token"

@@ -288,14 +288,6 @@ def test_early_stopping_keeps_the_weights_of_the_best_validation_loss(tmp_path, 
     assert float(loss_sum) / n == pytest.approx(min(vals), abs=1e-5)
 
 
-def test_multi_process_launch_is_refused(tmp_path, tiny_model, monkeypatch):
-    from pipeline.training import train
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(TrainingError, match="not supported yet; run distillery train as one process"):
-        train(make_spec(tmp_path / "run", tiny_model, records(4)))
-
-
 def render_chat_for_tests():
     from pipeline.models import render_chat
 
