@@ -296,6 +296,12 @@ def _ray_init(workers: int) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
         return False
+    try:  # Ray caches the auth token per process: one read for another cluster must not stand for this new one
+        from ray._raylet import AuthenticationTokenLoader
+
+        AuthenticationTokenLoader.instance().reset_cache()
+    except (ImportError, AttributeError):
+        pass
     # "local": a new instance even when a `ray start` cluster of someone else runs on this machine
     ray.init(address="local", num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
              configure_logging=False)

@@ -31,20 +31,17 @@ def test_each_row_is_seen_once_per_epoch_across_ranks(n_rows, batch_size, grad_a
     lengths = [5 + (i * 7) % 11 for i in range(n_rows)]
     per_epoch = len(epoch_batches(lengths, batch_size, 0, 0))
     pos, batches = {"epoch": 0, "cursor": 0}, epoch_batches(lengths, batch_size, 0, 0)
-    seen: dict[int, list[int]] = {}
-    steps = (per_epoch * 3) // (grad_accum * workers)  # whole steps within three epochs
-    for _ in range(steps):
+    sequence: list[list[int]] = []  # the micro-batches the ranks trained on, rank after rank within each step
+    for _ in range(3 * per_epoch):
         micro, pos, batches = step_micro_batches(pos, batches, lengths, batch_size, 0, grad_accum * workers)
         shards = [micro[r * grad_accum:(r + 1) * grad_accum] for r in range(workers)]
-        flat = [[i for mb in shard for i in mb] for shard in shards]
-        assert all(not set(a) & set(b) for k, a in enumerate(flat) for b in flat[k + 1:]) or per_epoch < grad_accum * workers
-        for shard in flat:
-            for i in shard:
-                seen.setdefault(i, []).append(1)
-    consumed = steps * grad_accum * workers
-    full_epochs = consumed // per_epoch
-    assert all(len(v) >= full_epochs for v in seen.values()) and len(seen) == n_rows
-    assert all(len(v) <= full_epochs + 1 for v in seen.values())
+        assert [mb for shard in shards for mb in shard] == micro  # the ranks split the step, nothing else
+        sequence += micro
+    # the global order is one process's order: every whole epoch holds each row exactly once
+    for e in range(len(sequence) // per_epoch):
+        rows = sorted(i for mb in sequence[e * per_epoch:(e + 1) * per_epoch] for i in mb)
+        assert rows == list(range(n_rows)), e
+        assert sequence[e * per_epoch:(e + 1) * per_epoch] == epoch_batches(lengths, batch_size, 0, e)
 
 
 def test_two_gloo_workers_match_one_process_on_the_same_global_batches(tmp_path, tiny_model, local_ray_home):
