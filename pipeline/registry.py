@@ -250,7 +250,7 @@ class Registry:
         now = time.time()
         with self._write() as db:
             run_id = self._new_id(db)
-            out = (str((self.home / "runs" / run_id).resolve()) if own_folder
+            out = (str((runs_dir(self.home) / run_id).resolve()) if own_folder
                    else self._resolve_out(db, spec.out, run_id, own_folder_for_default=worker_id is None))
             spec = spec.model_copy(update={"out": out})
             running = status in RUNNING
