@@ -100,7 +100,7 @@ def ray_train_workers() -> list[int]:
 def test_a_killed_worker_resumes_from_the_checkpoint(tmp_path, tiny_model, local_ray_home):
     from pipeline.training import train
 
-    spec = make_spec(tmp_path / "run", tiny_model, records(16), workers=2, max_steps=300, batch_size=2,
+    spec = make_spec(tmp_path / "run", tiny_model, records(16), workers=2, max_steps=60, batch_size=2,
                      checkpoint_every=2, learning_rate=1e-3)
     box = {}
     thread = threading.Thread(target=lambda: box.setdefault("summary", train(spec)), daemon=True)
@@ -113,4 +113,4 @@ def test_a_killed_worker_resumes_from_the_checkpoint(tmp_path, tiny_model, local
     os.kill(workers[-1], signal.SIGKILL)
     thread.join(500)
     summary = box["summary"]
-    assert summary.steps == 300 and summary.resumed_from > 0 and summary.workers == 2
+    assert summary.steps == 60 and summary.resumed_from > 0 and summary.workers == 2
