@@ -104,6 +104,8 @@ class DistillationPlugin:
             key = f", key {t['api_key_env']}" if t.get("api_key_env") else ""
             lines.append(f"- {t['name']}{' (default)' if t['default'] else ''}: {t['model']} via {t['provider']} at "
                          f"{t['endpoint']}{size}{key}")
+        if query.strip().lower() in ("teacher", "teachers"):
+            return "\n".join(lines)
         if not items:
             return "\n".join(lines + [f"No catalog model matches '{query[:60]}'; pick a student from `models`."])
         if show_teachers:

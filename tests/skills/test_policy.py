@@ -134,3 +134,5 @@ def test_models_lists_the_configured_teacher_profiles(isolated_home):
     assert "- mini (default): gpt-4o-mini via openai at gw.example, key OPENAI_API_KEY" in text
     assert "- local:" in text and "secret" not in text
     assert "gpt-4o-mini (teacher; profile mini)" in text and "gpt-4o (teacher via" in text
+    only = DistillationPlugin(Registry()).list_models("teachers")
+    assert only.startswith("Teacher profiles") and "- mini (default)" in only and "No catalog model" not in only
