@@ -17,7 +17,7 @@ from contextlib import closing
 from pathlib import Path
 
 from pipeline.home import distillery_home
-from pipeline.migrations import apply_migrations
+from pipeline.migrations import prepare_store
 
 __all__ = ["History"]
 
@@ -39,8 +39,7 @@ class History:
     def __init__(self, home: Path | str | None = None):
         self.path = Path(home or distillery_home()) / "conversations.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db, db:
-            apply_migrations(db, MIGRATIONS)
+        prepare_store(self.path, self._connect, MIGRATIONS, what="the conversation history")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30)

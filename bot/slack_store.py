@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.home import distillery_home
-from pipeline.migrations import apply_migrations
+from pipeline.migrations import prepare_store
 
 __all__ = ["SlackStore"]
 
 
 def m001_initial(db: sqlite3.Connection) -> None:
-    db.executescript(
-        """
+    # statement by statement: executescript() would COMMIT the migration transaction first
+    for statement in filter(str.strip, """
         CREATE TABLE events (event_id TEXT PRIMARY KEY, seen_at REAL NOT NULL);
         CREATE INDEX events_seen_at ON events (seen_at);
         CREATE TABLE plan_messages (plan_id TEXT PRIMARY KEY, channel TEXT NOT NULL, thread_ts TEXT NOT NULL,
@@ -38,8 +38,8 @@ def m001_initial(db: sqlite3.Connection) -> None:
         CREATE TABLE followed_runs (run_id TEXT PRIMARY KEY, channel TEXT NOT NULL, thread_ts TEXT NOT NULL,
                                     status_ts TEXT NOT NULL, last_text TEXT, finished INTEGER NOT NULL DEFAULT 0,
                                     created_at REAL NOT NULL);
-        """
-    )
+        """.split(";")):
+        db.execute(statement)
 
 
 MIGRATIONS = [m001_initial]
@@ -50,10 +50,7 @@ class SlackStore:
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else distillery_home() / "slack.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            with db:
-                apply_migrations(db, [(m.__name__, m) for m in MIGRATIONS], table="_migrations")
+        prepare_store(self.path, self._connect, [(m.__name__, m) for m in MIGRATIONS], table="_migrations", what="the Slack store")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)

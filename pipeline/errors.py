@@ -11,6 +11,7 @@
     ├── TrainingError               training cannot start or continue
     ├── EvaluationError             evaluation cannot run (no gold labels, no model...)
     ├── RunError                    a run record or run folder is missing, corrupt or in the wrong state
+    ├── StoreError                  a local SQLite store (plans, conversations, Slack) is corrupt or unreadable
     └── Cancelled                   the run was cancelled; what it produced is kept
 
 Messages never contain secrets: API keys are referred to by their environment variable name only.
@@ -29,6 +30,7 @@ __all__ = [
     "EvaluationError",
     "RunError",
     "ClusterError",
+    "StoreError",
     "Cancelled",
 ]
 
@@ -79,6 +81,10 @@ class RunError(DistilleryError):
 
 class ClusterError(DistilleryError):
     """The Ray cluster cannot be reached, refuses the token, or lacks what the run needs."""
+
+
+class StoreError(DistilleryError):
+    """A local SQLite store cannot be opened."""
 
 
 class Cancelled(DistilleryError):

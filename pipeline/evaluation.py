@@ -20,6 +20,7 @@ from typing import Any
 from .datasets import Example
 from .errors import EvaluationError
 from .progress import ProgressFn, Tracker
+from .runlock import holds_run_lock
 from .tasks import get_task, student_messages
 
 __all__ = ["EvalResult", "evaluate_model", "evaluate_teacher", "evaluate_run", "test_examples"]
@@ -130,6 +131,7 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+@holds_run_lock  # one process per run folder (pipeline/runlock.py)
 def evaluate_run(spec, progress: ProgressFn | None = None, should_stop=None) -> dict[str, Any]:
     """Teacher, student_base and student_distilled on the test split; returns and saves evaluation.json."""
     out = Path(spec.out)

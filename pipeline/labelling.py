@@ -42,6 +42,7 @@ from .errors import LabellingError, SpecError, UnknownTeacherError
 from .judging import FAILED, REASONS, TeacherResult, apply_filters, judge, records, same_label, write_jsonl
 from .progress import ProgressFn, Tracker
 from .batch import pricing, teacher_cost  # importing pipeline.batch registers the "batch" sender (teacher.batch)
+from .runlock import holds_run_lock
 from .sending import SendState, cached_answer, run_loop, send
 from .tasks import get_task, resolve_spec, teacher_messages
 from .teachers import TeacherRequest, get_teacher
@@ -268,6 +269,7 @@ def _ask_teacher(spec, examples, demos, progress, should_stop, stage) -> tuple[l
 # label and estimate --------------------------------------------------------------------------------------
 
 
+@holds_run_lock  # one process per run folder (pipeline/runlock.py)
 def label(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None) -> LabelSummary:
     """Label the training rows with the teacher; writes labels.jsonl, rejected.jsonl, labelling.json, spec.yaml."""
     started = time.monotonic()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .progress import ProgressFn
+from .runlock import holds_run_lock
 from .tasks import resolve_spec
 
 __all__ = ["run", "STAGES"]
@@ -22,6 +23,7 @@ STAGES = ("labelling", "training", "evaluating", "reporting")
 StageFn = Callable[[str, str, dict], None]
 
 
+@holds_run_lock  # one process per run folder (pipeline/runlock.py)
 def run(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None,
         on_stage: StageFn | None = None) -> dict[str, Any]:
     """Run every stage that is not finished yet and return report.json's content."""

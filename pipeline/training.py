@@ -30,6 +30,7 @@ from .checkpoints import latest_checkpoint, load_checkpoint, rng_state, save_che
 from .errors import Cancelled, TrainingError
 from .jsonl import jsonl_lines
 from .progress import ProgressFn, Tracker
+from .runlock import holds_run_lock
 
 __all__ = ["TrainSummary", "train", "check_student", "load_student", "read_labelled", "run_fingerprint", "write_model_card", "MAX_GRAD_NORM"]
 
@@ -204,6 +205,7 @@ def _finished(out: Path, fingerprint: str) -> TrainSummary | None:
     return TrainSummary(**{k: v for k, v in data.items() if k in names})
 
 
+@holds_run_lock  # one process per run folder (pipeline/runlock.py)
 def train(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None) -> TrainSummary:
     """Fine-tune the student on OUT/labels.jsonl; writes OUT/student/, OUT/checkpoints/ and OUT/training.json."""
     out, cfg = spec.out_dir, spec.train

@@ -23,7 +23,7 @@ from typing import Any
 
 from pipeline.errors import DistilleryError
 from pipeline.home import distillery_home
-from pipeline.migrations import apply_migrations
+from pipeline.migrations import prepare_store
 
 __all__ = ["Plan", "PlanStore", "PlanError", "PLAN_ID"]
 
@@ -72,8 +72,7 @@ class PlanStore:
         self.path = Path(home or distillery_home()) / "plans.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.ttl_s = ttl_s
-        with closing(self._connect()) as db, db:
-            apply_migrations(db, MIGRATIONS)
+        prepare_store(self.path, self._connect, MIGRATIONS, what="the plan store")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30)

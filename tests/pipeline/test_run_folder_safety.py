@@ -105,3 +105,52 @@ def test_deleting_mid_labelling_loses_no_paid_answer(tmp_path, victim):
         assert len(cache) == 20  # every paid answer is on disk again, including those written before the delete
         again = label(spec)
         assert again.requests_sent == 0 and len(server.requests) == 20  # the resume pays for nothing
+
+
+# item 6: one lock per run folder ---------------------------------------------------------------------------
+
+
+def cli(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "bot.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+
+def test_a_second_process_on_the_same_out_is_refused_and_nothing_is_paid_twice(tmp_path):
+    with FakeLLMServer(responder=sentiment, latency=0.15) as server:
+        out = tmp_path / "run"
+        args = spec_args(tmp_path, server, out)
+        first = cli("label", *args)
+        deadline = time.monotonic() + 60
+        while not server.requests and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.requests, first.communicate()
+        second = cli("label", *args)
+        _, err = second.communicate(timeout=120)
+        assert second.returncode == 1 and "Traceback" not in err
+        lines = [x for x in err.splitlines() if x.strip() and not x.startswith("[")]
+        assert len(lines) == 1 and f"process {first.pid}" in lines[0] and "distillery label" in lines[0] and "since" in lines[0], err
+        assert str(out) in lines[0]
+        _, err1 = first.communicate(timeout=120)
+        assert first.returncode == 0, err1
+        assert len(server.requests) == 20  # not 40
+        lock = json.loads((out / ".lock").read_text())
+        assert lock["pid"] == first.pid  # who held it last, kept for the record; the OS lock itself is gone
+        third = cli("label", *args)  # the lock went with the first process
+        third.communicate(timeout=120)
+        assert third.returncode == 0 and len(server.requests) == 20
+
+
+def test_the_run_lock_is_reentrant_in_one_process_and_released_after(tmp_path):
+    from pipeline.runlock import run_lock
+
+    out = tmp_path / "run"
+    with run_lock(out, "outer"):
+        with run_lock(out, "inner"):  # runner.run -> label() in one process must not deadlock
+            pass
+        probe = subprocess.run([sys.executable, "-c", "import sys; from pipeline.runlock import run_lock\n"
+                                f"with run_lock({str(out)!r}, 'probe'): pass"],
+                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+        assert probe.returncode != 0 and "RunError" in probe.stderr and f"process {os.getpid()}" in probe.stderr
+    probe = subprocess.run([sys.executable, "-c", f"from pipeline.runlock import run_lock\nwith run_lock({str(out)!r}, 'probe'): print('ok')"],
+                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert probe.stdout.strip() == "ok", probe.stderr
