@@ -116,16 +116,27 @@ def cli(*args: str) -> subprocess.Popen:
 
 
 def test_a_second_process_on_the_same_out_is_refused_and_nothing_is_paid_twice(tmp_path):
-    with FakeLLMServer(responder=sentiment, latency=0.15) as server:
+    import threading
+
+    gate = threading.Event()  # the first process's answers wait until the second one has tried
+
+    def held(req):
+        gate.wait(90)
+        return sentiment(req)
+
+    with FakeLLMServer(responder=held) as server:
         out = tmp_path / "run"
-        args = spec_args(tmp_path, server, out)
+        args = [*spec_args(tmp_path, server, out), "teacher.timeout_s=120"]
         first = cli("label", *args)
         deadline = time.monotonic() + 60
         while not server.requests and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert server.requests, first.communicate()
         second = cli("label", *args)
-        _, err = second.communicate(timeout=120)
+        try:
+            _, err = second.communicate(timeout=120)
+        finally:
+            gate.set()
         assert second.returncode == 1 and "Traceback" not in err
         lines = [x for x in err.splitlines() if x.strip() and not x.startswith("[")]
         assert len(lines) == 1 and f"process {first.pid}" in lines[0] and "distillery label" in lines[0] and "since" in lines[0], err
