@@ -183,6 +183,7 @@ class AnswerStore:
         """fsync now (before recording elsewhere that these answers are safe, e.g. a batch marked read back)."""
         if self._fh is not None and not self._fh.closed:
             self._fh.flush()
+            self._reopen_if_gone()
             os.fsync(self._fh.fileno())
             self._last_sync = time.monotonic()
 
