@@ -106,7 +106,7 @@ def test_the_allow_list_takes_knobs_and_every_chat_key_is_a_spec_key():
 def test_the_default_profile_is_used_and_a_smaller_teacher_is_never_the_silent_default(isolated_home, monkeypatch):
     from skills.catalog import Hardware
 
-    monkeypatch.setattr(ops, "detect_hardware", lambda: Hardware(True, "H100", 80.0, 16, 200.0))
+    monkeypatch.setattr(ops, "deployment_hardware", lambda: Hardware(True, "H100", 80.0, 16, 200.0))
     plan = ops.plan_distillation("sst2", "an 8B model", rows=4)  # only the built-in local 270M teacher
     s = plan.summary
     assert s["teacher_profile"] == "local" and s["runnable"] is False
