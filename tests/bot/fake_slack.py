@@ -154,8 +154,9 @@ class FakeSlack:
     # -- files: files.info and the download route (issue 11) -----------------------------------------------------
     def add_file(self, file_id: str, name: str, content: bytes, channels: list[str] = (), user: str = "U1",
                  size: int | None = None, url: str | None = None, content_type: str = "application/octet-stream",
-                 filetype: str | None = None) -> dict[str, Any]:
-        """A file Slack knows; `url` overrides url_private_download (another host), `size` the reported size."""
+                 filetype: str | None = None, redirect: str | None = None) -> dict[str, Any]:
+        """A file Slack knows; `url` overrides url_private_download (another host), `size` the reported size,
+        `redirect` makes the download answer 302 to that URL."""
         meta = {"id": file_id, "name": name, "title": name, "user": user, "size": len(content) if size is None else size,
                 "filetype": filetype or name.rsplit(".", 1)[-1], "mimetype": content_type,
                 "url_private": url or f"{self.base_url}/files-pri/{file_id}/{name}",
@@ -163,7 +164,7 @@ class FakeSlack:
                 "channels": [c for c in channels if c.startswith("C")], "groups": [c for c in channels if c.startswith("G")],
                 "ims": [c for c in channels if c.startswith("D")]}
         with self._lock:
-            self.files[file_id] = {"meta": meta, "content": content, "content_type": content_type}
+            self.files[file_id] = {"meta": meta, "content": content, "content_type": content_type, "redirect": redirect}
         return meta
 
     def event_file(self, file_id: str) -> dict[str, Any]:
@@ -180,6 +181,8 @@ class FakeSlack:
         entry = self.files.get(parts[2]) if len(parts) > 2 else None
         if entry is None:
             return 404, b"not found", "text/plain"
+        if entry.get("redirect"):
+            return 302, entry["redirect"].encode(), "redirect"
         return 200, entry["content"], entry["content_type"]
 
     # -- Web API answers ---------------------------------------------------------------------------------------
@@ -245,6 +248,12 @@ def _handler_for(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
                 fake.record(method, args)
                 return self._send(200, json.dumps(fake.answer(method, args)).encode(), "application/json")
             status, data, ctype = fake.download(url.path, self.headers.get("Authorization", ""))
+            if status == 302:
+                self.send_response(302)
+                self.send_header("Location", data.decode())
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self._send(status, data, ctype)
 
         def _send(self, status: int, data: bytes, ctype: str) -> None:

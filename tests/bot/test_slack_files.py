@@ -161,18 +161,23 @@ def test_refused_before_download_too_big_spreadsheet_and_another_host(env):
         slack.add_file("F0XLSX", "reviews.xlsx", b"PK\x03\x04 not really", channels=["C1"])
         slack.add_file("F0EVIL", "reviews.csv", reviews_csv(10), channels=["C1"],
                        url=f"{elsewhere.base_url}/files-pri/F0EVIL/download/reviews.csv")
+        slack.add_file("F0REDIR", "moved.csv", b"", channels=["C1"],
+                       redirect=f"{elsewhere.base_url}/files-pri/F0EVIL/download/reviews.csv")
         app = env.make_app(agent=None)
         with AppServer(app) as server:
             _attach(server, slack, "F0BIG", "C1", "1690000006.000100")
             _attach(server, slack, "F0XLSX", "C1", "1690000006.000200")
             _attach(server, slack, "F0EVIL", "C1", "1690000006.000300")
+            _attach(server, slack, "F0REDIR", "C1", "1690000006.000400")
             big = slack.wait_for(lambda: posts(slack, "huge.csv is 2,048 MB"), what="the size refusal")[0]
             assert "limit of 200 MB (DISTILLERY_SLACK_MAX_FILE_MB)" in big["text"]
             slack.wait_for(lambda: posts(slack, "export it as CSV"), what="the spreadsheet sentence")
             slack.wait_for(lambda: posts(slack, "could not download reviews.csv: its address is not on Slack's file host"),
                            what="the other-host refusal")
+            slack.wait_for(lambda: posts(slack, "could not download moved.csv: Slack sent me to another address"),
+                           what="the redirect refusal")
         assert elsewhere.downloads == [] and elsewhere.calls() == []  # nothing, not even a request, went there
-    assert slack.downloads == []  # nothing was downloaded at all
+    assert [d["path"] for d in slack.downloads] == ["/files-pri/F0REDIR/download/moved.csv"]  # only the redirecting hop
     assert not (env.store and (Path(os.environ["DISTILLERY_HOME"]) / "uploads" / TEAM_ID / "F0BIG" / "huge.csv").exists())
 
 
