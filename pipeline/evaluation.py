@@ -138,7 +138,8 @@ def evaluate_run(spec, progress: ProgressFn | None = None, should_stop=None) -> 
     path = out / "evaluation.json"
     state = _load_state(path)
     fingerprint = {"test": spec.dataset.test, "test_size": spec.dataset.test_size, "seed": spec.dataset.seed,
-                   "student": spec.student.model, "teacher": [spec.teacher.provider, spec.teacher.model, spec.teacher.few_shot]}
+                   "student": spec.student.model, "teacher": [spec.teacher.provider, spec.teacher.model, spec.teacher.few_shot],
+                   "held_out": None if spec.dataset.test else [spec.dataset.train, spec.dataset.test_share]}  # pipeline/splits.py
     if state.get("fingerprint") != fingerprint:
         state = {"fingerprint": fingerprint, "results": {}}
     examples = test_examples(spec)

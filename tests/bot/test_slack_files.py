@@ -253,3 +253,33 @@ def test_terminal_chat_distills_a_csv_path_inside_the_data_folders(tmp_path, mon
     assert "on reviews.csv, task classification, 90 rows; testing on 30 rows held out from reviews.csv" in reply.text
     refused = asyncio.run(agent.respond("t1", "me", f"distill {tmp_path / 'outside.csv'} into gemma-3-270m", {"source": "terminal"}))
     assert "outside the data folders" in refused.text and refused.plan_id is None
+
+
+def test_a_file_sent_in_a_dm_is_that_persons_dataset_only(env):
+    slack = env.slack
+    slack.add_file("F0DM", "private_reviews.csv", reviews_csv(80), channels=["D0ASK"])
+    app = env.make_app(agent=None)
+    with AppServer(app) as server:
+        server.post_event({"type": "message", "subtype": "file_share", "channel": "D0ASK", "channel_type": "im",
+                           "user": "UASK", "text": "distill this dataset into gemma-3-270m", "ts": "1690000010.000100",
+                           "files": [slack.event_file("F0DM")]})
+        card = slack.wait_for(lambda: posts(slack, "distill_start"), what="the plan card in the DM")[0]
+        assert card["channel"] == "D0ASK" and "private_reviews" in json.dumps(card["blocks"])
+        server.post_event({"type": "message", "channel": "D0ADMIN", "channel_type": "im", "user": "UADMIN",
+                           "text": "describe private_reviews", "ts": "1690000011.000100"})
+        other = slack.wait_for(lambda: [c for c in posts(slack) if c["channel"] == "D0ADMIN"], what="the other DM's reply")[0]
+    assert "Dataset private_reviews" not in other["text"] and "no dataset" in other["text"]
+
+
+def test_the_status_message_says_when_no_worker_watches_the_queue(env):
+    with AppServer(env.make_app()) as server:  # no embedded worker, and no `distillery worker` either
+        thread = "1690000012.000100"
+        server.post_event(mention("distill sst2 into tiny", "UADMIN", "C1", thread))
+        card = env.slack.wait_for(lambda: posts(env.slack, "distill_start"), what="the plan card")[0]
+        plan_id = next(e["value"] for b in card["blocks"] if b["type"] == "actions" for e in b["elements"]
+                       if e["action_id"] == "distill_start")
+        card_ts = env.slack.wait_for(lambda: env.store.plan_message(plan_id), what="the stored card")["message_ts"]
+        server.post_action("distill_start", plan_id, "UADMIN", "C1", card_ts, thread)
+        status = env.slack.wait_for(lambda: posts(env.slack, "is queued"), what="the status message")[0]
+    assert "No worker is watching this Distillery home" in status["text"] and "distillery worker" in status["text"]
+    assert "No worker is watching" in json.dumps(status["blocks"])

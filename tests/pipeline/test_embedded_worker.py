@@ -76,3 +76,17 @@ def test_distillery_chat_runs_an_embedded_worker_unless_told_not_to(isolated_hom
             if proc.poll() is None:
                 proc.kill()
         assert reg.live_workers() == []  # a chat that ends stops its worker
+
+
+def test_the_chat_says_when_no_worker_watches_a_queued_run():
+    import asyncio
+
+    from bot.agent import build_agent
+
+    agent = build_agent()
+    asyncio.run(agent.respond("nw", "me", "distill sst2 into gemma-3-270m rows=5", {"source": "terminal"}))
+    started = asyncio.run(agent.respond("nw", "me", "yes", {"source": "terminal"}))
+    assert started.run_id
+    status = asyncio.run(agent.respond("nw", "me", "status", {"source": "terminal"}))
+    assert f"No worker is watching this Distillery home, so run {started.run_id} stays queued" in status.text
+    assert "distillery worker" in status.text
