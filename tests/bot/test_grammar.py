@@ -53,7 +53,7 @@ def test_an_8b_student_without_a_gpu_is_answered_honestly(monkeypatch, isolated_
     import skills.operations as ops
     from skills.catalog import Hardware
 
-    monkeypatch.setattr(ops, "detect_hardware", lambda: Hardware(False, cpu_count=2, ram_gb=24.0))
+    monkeypatch.setattr(ops, "deployment_hardware", lambda: Hardware(False, cpu_count=2, ram_gb=24.0))
     write_profiles(isolated_home, {"4o": {"provider": "openai", "model": "gpt-4o", "api_key_env": "OPENAI_API_KEY",
                                           "price_per_mtok": {"input": 2.5, "output": 10.0}}})
     agent, registry = build_agent(), Registry()
