@@ -27,7 +27,7 @@ from typing import Any
 
 from .tasks import format_target
 
-__all__ = ["Encoded", "MEGA_BATCH", "target_text", "end_of_turn_id", "encode_records", "split_rows", "epoch_batches", "collate",
+__all__ = ["Encoded", "MEGA_BATCH", "target_text", "end_of_turn_id", "encode_records", "encode_pairs", "split_rows", "epoch_batches", "collate",
            "supervised_loss", "decoder_parts"]
 
 MEGA_BATCH = 32  # batches per sorted group: larger groups pad less, smaller ones shuffle more
@@ -40,6 +40,7 @@ class Encoded:
 
     input_ids: list[int]
     target_start: int  # index of the first target token (tokens before it carry no loss)
+    weight: float = 1.0  # the row's loss weight from pipeline/targets.training_pairs (1.0: plain supervised rows)
 
     @property
     def length(self) -> int:
@@ -69,20 +70,27 @@ def end_of_turn_id(tokenizer) -> int:
 
 def encode_records(records: list[dict[str, Any]], tokenizer, render: Callable[..., str], keep_rationale: bool,
                    max_seq_len: int) -> list[Encoded]:
-    """Tokenize chat records; prompts too long are cut from the left (the leading BOS token is kept)."""
+    """Tokenize chat records (prompt = all turns but the last; target per keep_rationale)."""
+    pairs = [(rec["messages"][:-1], target_text(rec, keep_rationale), 1.0) for rec in records]
+    return encode_pairs(pairs, tokenizer, render, max_seq_len)
+
+
+def encode_pairs(pairs: list[tuple[list[dict[str, str]], str, float]], tokenizer, render: Callable[..., str],
+                 max_seq_len: int) -> list[Encoded]:
+    """Tokenize (prompt messages, target text, weight); prompts too long are cut from the left (BOS kept)."""
     eot = end_of_turn_id(tokenizer)
     bos = tokenizer.bos_token_id
     rows: list[Encoded] = []
-    for rec in records:
-        prompt = render(tokenizer, rec["messages"][:-1], add_generation_prompt=True)
+    for messages, target, weight in pairs:
+        prompt = render(tokenizer, messages, add_generation_prompt=True)
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        target_ids = tokenizer(target_text(rec, keep_rationale), add_special_tokens=False)["input_ids"] + [eot]
+        target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [eot]
         target_ids = target_ids[: max_seq_len - 1]
         room = max_seq_len - len(target_ids)
         if len(prompt_ids) > room:
             keep_bos = bos is not None and prompt_ids and prompt_ids[0] == bos
             prompt_ids = ([bos] if keep_bos else []) + prompt_ids[len(prompt_ids) - room + (1 if keep_bos else 0):]
-        rows.append(Encoded(prompt_ids + target_ids, len(prompt_ids)))
+        rows.append(Encoded(prompt_ids + target_ids, len(prompt_ids), weight))
     return rows
 
 

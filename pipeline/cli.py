@@ -42,6 +42,19 @@ def _spec(args: tuple[str, ...]):
     return load_spec(path, overrides)
 
 
+def _notes(spec) -> None:
+    """Settings that have no effect as combined, said before anything runs (stderr, so --json output stays clean)."""
+    from .targets import spec_notes
+    from .tasks import resolve_spec
+
+    try:
+        resolved = resolve_spec(spec)
+    except DistilleryError:
+        return  # the stage itself will say what is wrong
+    for note in spec_notes(resolved):
+        click.echo(f"note: {note}", err=True)
+
+
 def _bar():
     from .progress import TerminalBar
 
@@ -66,7 +79,9 @@ def cli() -> None:
 @click.argument("args", nargs=-1)
 def spec_cmd(args: tuple[str, ...]) -> None:
     """Print the fully resolved run spec (the embedded default when no file is given)."""
-    click.echo(_spec(args).to_yaml(), nl=False)
+    spec = _spec(args)
+    _notes(spec)
+    click.echo(spec.to_yaml(), nl=False)
 
 
 @cli.command("label")
@@ -78,6 +93,7 @@ def label_cmd(args: tuple[str, ...], estimate: bool) -> None:
     from .tasks import resolve_spec
 
     spec = resolve_spec(_spec(args))
+    _notes(spec)
     if estimate:
         e = estimate_fn(spec)
         click.echo(f"rows: {e.rows}  requests to send: {e.requests}  answers already cached: {e.cached}")
@@ -143,6 +159,7 @@ def run_cmd(args: tuple[str, ...]) -> None:
     from .worker import run_foreground
 
     spec = _spec(args)
+    _notes(spec)
     bar = _bar()
     try:
         record, report = run_foreground(spec, {"source": "cli", "user": os.environ.get("USER")}, progress=bar)

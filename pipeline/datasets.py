@@ -313,7 +313,12 @@ def to_examples(records: list[dict[str, Any]], task: str, labels: list[str] | No
         for c, v in fields.items():
             if v is None or v == "" or v == []:
                 raise DatasetError(f"dataset '{source}' row {row} has an empty '{cols.get(c, c)}'; remove the row or fix the file.")
-        out.append(Example(row=row, fields=fields, gold=gold))
+        extra = {}
+        if task == "multiple_choice":  # the wording depends on the dataset's shape (tasks.MultipleChoice.style)
+            extra["question_field"] = cols["question"]
+            if rec.get("activity_label"):  # HellaSwag's activity ("Clean and jerk") gives the context
+                extra["activity"] = str(rec["activity_label"])
+        out.append(Example(row=row, fields=fields, gold=gold, extra=extra))
     if task in ("classification", "nli") and labels:
         _check_golds(out, labels, source)
     return out

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .datasets import Example
-from .tasks import format_target, student_messages
+from .targets import training_record
 from .teachers import TeacherAnswer
 
 __all__ = ["TeacherResult", "judge", "judge_one", "apply_filters", "records", "write_jsonl", "same_label",
@@ -136,14 +136,12 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def records(spec, task, results: list[TeacherResult]) -> tuple[list[dict], list[dict]]:
     """(labels.jsonl records with the student's messages, rejected.jsonl records with reason and detail)."""
-    cot = spec.teacher.chain_of_thought
     accepted, rejected = [], []
     for r in results:
         ex = r.example
         if r.reason is None:
-            msgs = student_messages(task, ex, spec.labels, cot, spec.instructions)
-            msgs.append({"role": "assistant", "content": format_target(r.label, r.rationale, with_rationale=cot)})
-            rec = {"row": r.row, "messages": msgs, "label": r.label, "rationale": r.rationale, "confidence": r.confidence}
+            rec = training_record(spec, task, ex, r.label, r.rationale)  # the student's prompt and target (pipeline/targets.py)
+            rec["confidence"] = r.confidence
             if ex.gold is not None:
                 rec["gold"] = ex.gold
             rec["usage"] = {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal, InvalidOperation
 from collections.abc import Sequence
 
 __all__ = ["accuracy", "macro_f1", "exact_match", "rouge_l", "normalize_number"]
@@ -29,20 +30,26 @@ def macro_f1(preds: Sequence[str | None], golds: Sequence[str], labels: Sequence
 
 
 def normalize_number(text: str | None) -> str | None:
-    """'1,234.50' -> '1234.5', '$18' -> '18', '18.0' -> '18'; None if no number."""
+    """'1,234.50' -> '1234.5', '$18' -> '18', '18.0' -> '18', '1e3' -> '1000'; None if no number.
+
+    Exact decimal arithmetic (no float): a 400-digit answer is compared digit for digit and never overflows.
+    """
     if text is None:
         return None
     t = text.strip().replace(",", "").replace("$", "").rstrip(".")
     m = re.fullmatch(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?", t)
     if not m:
         return None
-    try:
-        value = float(t)
-    except ValueError:
+    exponent = re.search(r"[eE]([-+]?\d+)$", t)
+    if exponent and abs(int(exponent.group(1))) > 10_000:  # "1e999999999" is no answer anyone means
         return None
-    if value == int(value) and abs(value) < 1e15:
+    try:
+        value = Decimal(t)
+    except InvalidOperation:
+        return None
+    if value == value.to_integral_value():
         return str(int(value))
-    return repr(value)
+    return format(value.normalize(), "f")
 
 
 def exact_match(preds: Sequence[str | None], golds: Sequence[str]) -> float:

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .targets import rationale_mode, student_reasons
+
 __all__ = ["build_report", "render_markdown", "write_report", "gap_closed"]
 
 ORDER = ("teacher", "student_base", "student_distilled")
@@ -20,6 +22,23 @@ def gap_closed(teacher: float | None, base: float | None, distilled: float | Non
     if teacher is None or base is None or distilled is None or abs(teacher - base) < 1e-12:
         return None
     return (distilled - base) / (teacher - base)
+
+
+UNREADABLE_WARN_SHARE = 0.5  # warn when at least this share of a model's answers could not be read
+
+
+def unreadable_warnings(results: dict[str, Any]) -> list[str]:
+    """One sentence per model whose answers were mostly unreadable (its score then measures format, not skill)."""
+    out = []
+    for name in ORDER:
+        r = results.get(name) or {}
+        errors, n = r.get("errors") or {}, r.get("examples") or 0
+        bad = sum(errors.values())
+        if n and bad / n >= UNREADABLE_WARN_SHARE:
+            kinds = ", ".join(f"{v} {k}" for k, v in errors.items())
+            out.append(f"{name}: {bad} of {n} answers could not be read ({kinds}); its score reflects the answer format more than "
+                       "the task (raise eval.max_new_tokens for truncated answers, or see predictions_" + name + ".jsonl).")
+    return out
 
 
 def build_report(spec, labelling: dict[str, Any], training: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -52,7 +71,11 @@ def build_report(spec, labelling: dict[str, Any], training: dict[str, Any], eval
             "final_loss": training.get("final_loss"),
             "method": spec.student.method,
         },
-        "evaluation": {"examples": max((r.get("examples", 0) for r in results.values()), default=0)},
+        "evaluation": {"examples": max((r.get("examples", 0) for r in results.values()), default=0),
+                       "method": {name: results[name].get("method") for name in ORDER if name in results},
+                       "unreadable": {name: results[name].get("errors") or {} for name in ORDER if name in results},
+                       "warnings": unreadable_warnings(results)},
+        "targets": {"rationale": rationale_mode(spec), "rationales_in_targets": student_reasons(spec)},
         "teacher": {"provider": spec.teacher.provider, "model": spec.teacher.model, "few_shot": spec.teacher.few_shot,
                     "chain_of_thought": spec.teacher.chain_of_thought},
         "student": {"model": spec.student.model, "method": spec.student.method},
@@ -93,6 +116,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| student_distilled | {_fmt(s.get('student_distilled'), metric)} |",
         "",
         f"Gap closed: {'n/a' if gap is None else f'{gap * 100:.0f} %'} (distilled - base) / (teacher - base), on {report['evaluation']['examples']} test rows.",
+        _eval_line(report),
         "",
         f"Labelling: {lab['accepted']} of {lab['requested']} rows accepted, {lab['rejected']} rejected"
         + (f" ({', '.join(f'{k}: {v}' for k, v in lab['by_reason'].items())})" if lab.get("by_reason") else "")
@@ -103,6 +127,20 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Adapter: `{report['paths']['adapter']}`",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _eval_line(report: dict[str, Any]) -> str:
+    ev = report.get("evaluation", {})
+    targets = report.get("targets") or {}
+    method = ev.get("method", {}).get("student_base")
+    parts = [f"Student answers {method}" if method else "Student answers evaluated",
+             "trained on " + ("rationale + answer" if targets.get("rationales_in_targets") else "the answer only") + " targets"]
+    unread = {n: e for n, e in (ev.get("unreadable") or {}).items() if e}
+    if unread:
+        parts.append("unreadable answers: " + "; ".join(f"{n} " + ", ".join(f"{v} {k}" for k, v in e.items()) for n, e in unread.items()))
+    lines = ["; ".join(parts) + "."]
+    lines += [f"**Warning:** {w}" for w in ev.get("warnings") or []]
+    return "\n".join(lines)
 
 
 def _chart(report: dict[str, Any], loss_history: list[dict[str, Any]], path: Path) -> None:

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 from .models import stop_token_ids
 
-__all__ = ["Generation", "score_options", "generate", "encode_prompt"]
+__all__ = ["Generation", "score_options", "generate", "encode_prompt", "budget_batches", "DEFAULT_BATCH_TOKENS"]
+
+DEFAULT_BATCH_TOKENS = 8192  # tokens (padded rows x width) in one forward batch: bounds activations and KV cache
 
 
 @dataclass
@@ -35,6 +37,28 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
     bos = tokenizer.bos_token
     special = not (bos and text.startswith(bos))
     return tokenizer(text, add_special_tokens=special)["input_ids"]
+
+
+def budget_batches(order: list[int], widths: dict[int, int] | list[int], max_rows: int, max_tokens: int | None,
+                   extra: int = 0) -> list[list[int]]:
+    """Cut `order` (sorted by width) into batches of at most max_rows rows and rows x (widest + extra) <= max_tokens.
+
+    A row wider than the budget on its own still gets a batch of one. With widths sorted, padding stays small and
+    memory (activations, KV cache, logits kept) stays proportional to the budget, whatever the prompt lengths.
+    """
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    widest = 0
+    for i in order:
+        w = max(widest, widths[i] + extra)
+        if cur and (len(cur) >= max_rows or (max_tokens and w * (len(cur) + 1) > max_tokens)):
+            batches.append(cur)
+            cur, w = [], widths[i] + extra
+        cur.append(i)
+        widest = w
+    if cur:
+        batches.append(cur)
+    return batches
 
 
 # pieces of the model ---------------------------------------------------------------------------------------
@@ -167,11 +191,12 @@ def _option_ids(tokenizer, prompt: str, prompt_ids: list[int], option: str) -> l
 
 
 def score_options(model, tokenizer, prompts: list[str], options: list[list[str]], batch_size: int = 16,
-                  shared_prefix: str | None = None, prefix_cache: bool = True) -> list[list[float]]:
+                  shared_prefix: str | None = None, prefix_cache: bool = True, max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS) -> list[list[float]]:
     """Summed log-probability of each option's tokens as a continuation of its prompt.
 
     shared_prefix: text every prompt starts with (default: their longest common token prefix is found).
     prefix_cache: False runs every row in full (same numbers; for comparisons).
+    batch_size, max_batch_tokens: at most this many sequences, and padded tokens (with the shared prefix), per forward.
     """
     import torch
 
@@ -208,8 +233,8 @@ def score_options(model, tokenizer, prompts: list[str], options: list[list[str]]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     # 3. batched forwards over suffixes; the head only where the next token is scored
-    for start in range(0, len(order), batch_size):
-        chunk = [jobs[j] for j in order[start:start + batch_size]]
+    for group in budget_batches(order, [len(j[2]) for j in jobs], batch_size, max_batch_tokens, extra=n_prefix):
+        chunk = [jobs[j] for j in group]
         if not any(opt_ids[r][kk] for r, k, _, _ in chunk for kk in ([k] if k is not None else range(len(opt_ids[r])))):
             continue  # only empty options here: nothing to score
         width = max(len(seq) for _, _, seq, _ in chunk)
@@ -240,8 +265,13 @@ def score_options(model, tokenizer, prompts: list[str], options: list[list[str]]
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-             stop: list[str] | None = None, batch_size: int = 8) -> list[Generation]:
-    """Batched generation with left padding; greedy at temperature 0; ends at EOS/<end_of_turn> or a stop string."""
+             stop: list[str] | None = None, batch_size: int = 8, max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS) -> list[Generation]:
+    """Batched generation with left padding; greedy at temperature 0; ends at EOS/<end_of_turn> or a stop string.
+
+    Batches hold at most batch_size rows and rows x (prompt width + max_new_tokens) <= max_batch_tokens, so the KV
+    cache and activations stay within a budget; logits are computed for the last position only (generate passes
+    logits_to_keep=1 to models that take it).
+    """
     import torch
 
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -256,17 +286,16 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 256, te
     config.top_p = top_p if temperature > 0 else None
     config.top_k = None
     config.max_length = None
+    config.stop_strings = list(stop) if stop else None  # in the config: passing it next to a config is deprecated
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[Generation | None] = [None] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    for idx in budget_batches(order, [len(e) for e in encoded], batch_size, max_batch_tokens, extra=max_new_tokens):
         width = max(len(encoded[i]) for i in idx)
         ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in idx], device=lm.device)
         mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx], device=lm.device)
         with torch.no_grad():
-            seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                  stop_strings=stop or None, tokenizer=tokenizer if stop else None)
+            seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, tokenizer=tokenizer if stop else None)
         for b, i in enumerate(idx):
             new = seqs[b, width:].tolist()
             ended = next((t for t, tok in enumerate(new) if tok in eos), None)
@@ -281,4 +310,5 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 256, te
                 while used and kept[used - 1] == pad:
                     used -= 1
             out[i] = Generation(text=text, finish_reason=reason, prompt_tokens=len(encoded[i]), completion_tokens=used)
+        del seqs, ids, mask
     return out  # type: ignore[return-value]

@@ -127,14 +127,31 @@ class TrainSpec(_Strict):
     eval_every: int = Field(50, ge=1)  # steps between validation losses
     early_stopping_patience: int | None = Field(None, ge=1)  # validation checks without improvement
     checkpoint_every: int = Field(20, ge=1)  # steps between resumable checkpoints
-    keep_rationale: bool = True  # train on rationale + answer (step-by-step) or the answer only
+    rationale: Literal["none", "target"] | None = None  # none: the student learns the answer only (default);
+    # target: with teacher.chain_of_thought, it learns the teacher's reasoning, then the answer (and is prompted for it)
+    keep_rationale: bool | None = None  # older name: true = rationale target, false = none
     merge: bool = False  # also write a merged full model (student/merged)
     workers: int = Field(1, ge=1, le=1024)  # data-parallel training processes (GPUs); > 1 trains with Ray Train (docs/ray.md)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: far less memory, ~30 % slower
 
 
+    @model_validator(mode="after")
+    def _rationale_alias(self) -> "TrainSpec":
+        if self.keep_rationale is not None and self.rationale is not None and (self.rationale == "target") != self.keep_rationale:
+            raise ValueError("train.keep_rationale contradicts train.rationale; set only train.rationale (none or target)")
+        return self
+
+    @property
+    def rationale_mode(self) -> str:
+        """none | target: train.rationale, or the older train.keep_rationale, default none (answer only)."""
+        if self.rationale is not None:
+            return self.rationale
+        return "target" if self.keep_rationale else "none"
+
+
 class EvalSpec(_Strict):
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1)  # at most this many rows per forward pass
+    batch_tokens: int = Field(8192, ge=64)  # memory budget: padded tokens (rows x (prompt + new tokens)) per forward pass
     max_new_tokens: int = Field(256, ge=1)  # free-form tasks
     teacher: bool = True  # also score the teacher on the test split
 

@@ -62,6 +62,20 @@ def _strip_markup(text: str) -> str:
     return t.strip()
 
 
+_EMPHASIS = r"[\s*_#>]*"  # markdown around a marker: "**Final answer:** X", "### Answer: X"
+
+
+def clean_rationale(text: str) -> str | None:
+    """The reasoning before a marker without the markdown that opened the marker (no dangling "**")."""
+    t = re.sub(r"[\s*_#>]+$", "", text).strip()
+    return t or None
+
+
+def clean_answer(text: str) -> str:
+    """The text after a marker without the markdown that closed the marker ("** X" -> "X")."""
+    return re.sub(r"^[\s*_]+", "", text).strip()
+
+
 def _json_answer(text: str) -> tuple[str | None, str | None] | None:
     m = re.search(r"\{.*\}", text, re.S)
     if not m:
@@ -81,18 +95,22 @@ def _json_answer(text: str) -> tuple[str | None, str | None] | None:
 
 
 def split_answer(text: str) -> tuple[str, str | None, bool]:
-    """(answer part, rationale or None, whether an explicit marker or JSON was found)."""
+    """(answer part, rationale or None, whether an explicit marker or JSON was found).
+
+    The last marker with something after it wins: a trailing empty "Final answer:" falls back to an earlier one.
+    """
     js = _json_answer(text)
     if js is not None:
         return js[0], js[1], True
     for marker in _MARKERS:
         found = list(marker.finditer(text))
+        for i in range(len(found) - 1, -1, -1):
+            m, end = found[i], (found[i + 1].start() if i + 1 < len(found) else len(text))
+            answer = clean_answer(text[m.end():end]).split("\n\n")[0].strip()
+            if _strip_markup(answer):
+                return answer, clean_rationale(text[: m.start()]), True
         if found:
-            last = found[-1]
-            rationale = text[: last.start()].strip() or None
-            answer = text[last.end():].strip()
-            answer = answer.split("\n\n")[0].strip()
-            return answer, rationale, True
+            return "", clean_rationale(text[: found[-1].start()]), True
     return text.strip(), None, False
 
 
@@ -107,6 +125,10 @@ class Task:
 
     def render_input(self, ex: Example, labels: list[str] | None) -> str:
         raise NotImplementedError
+
+    def instruction_for(self, ex: Example, labels: list[str] | None) -> str:
+        """The instruction sentence for this row (a dataset's shape can call for its own wording)."""
+        return self.instruction
 
     def options(self, ex: Example, labels: list[str] | None) -> list[str] | None:
         return None
@@ -188,9 +210,35 @@ class NLI(_ChoiceTask):
 class MultipleChoice(_ChoiceTask):
     name = "multiple_choice"
     instruction = "Answer the multiple-choice question with the letter of the best option."
+    _WORDING = {  # style -> (instruction, label of the question text)
+        "question": (instruction, "Question"),
+        "completion": ("Pick the option that most likely continues the text; answer with its letter.", "Text"),
+        "statement": ("The statement goes against common sense. Pick the option that gives the reason why; answer with its letter.",
+                      "Statement"),
+    }
+
+    @staticmethod
+    def style(ex: Example) -> str:
+        """question | completion (HellaSwag: ctx, endings, activity) | statement (ComVE: a false statement, three reasons).
+
+        Told from the fields: a `ctx` column or an activity label is a completion; a question column holding a
+        statement (no "?", no blank) with exactly three sentence-long options is ComVE's shape.
+        """
+        q = str(ex.fields["question"]).strip()
+        if ex.extra.get("question_field") == "ctx" or ex.extra.get("activity"):
+            return "completion"
+        choices = [str(c).strip() for c in ex.fields["choices"]]
+        if not q.endswith("?") and "_" not in q and len(choices) == 3 and all(len(c.split()) >= 3 for c in choices):
+            return "statement"
+        return "question"
+
+    def instruction_for(self, ex, labels):
+        return self._WORDING[self.style(ex)][0]
 
     def render_input(self, ex, labels):
-        lines = [f"Question: {str(ex.fields['question']).strip()}"]
+        label = self._WORDING[self.style(ex)][1]
+        lines = [f"Activity: {str(ex.extra['activity']).strip()}"] if ex.extra.get("activity") else []
+        lines.append(f"{label}: {str(ex.fields['question']).strip()}")
         lines += [f"{LETTERS[i]}. {str(c).strip()}" for i, c in enumerate(ex.fields["choices"])]
         return "\n".join(lines)
 
@@ -248,6 +296,22 @@ class Math(Task):
         return {"exact_match": metrics.exact_match(preds, golds)}
 
 
+_PREAMBLE = re.compile(
+    r"^\s*(?:(?:sure|okay|ok|certainly|of course)\b[!,.]?\s*)?"
+    r"(?:here(?:'s|’s| is| are)\b[^\n:：]{0,80}|(?:the |a )?(?:brief |short |concise )?summary\b[^\n:：]{0,60})[:：]\s*", re.I)
+
+
+def clean_summary(text: str) -> str:
+    """A summary without a chatty preamble ("Here is a summary of the conversation:") or markdown."""
+    t = text.strip()
+    t = re.sub(r"^#{1,6}\s+", "", t, flags=re.M)  # headings ("#Person1#" is no heading: no space after #)
+    t = re.sub(r"(\*\*|__)", "", t)  # bold
+    t = re.sub(r"^\s*[-*•]\s+", "", t, flags=re.M)  # bullets
+    for _ in range(2):  # "Sure! Here is a summary:" then "Summary:" on the next line
+        t = _PREAMBLE.sub("", t, count=1).strip()
+    return t.strip()
+
+
 class Summarization(Task):
     name = "summarization"
     metric_name = "rouge_l"
@@ -256,17 +320,22 @@ class Summarization(Task):
     def render_input(self, ex, labels):
         return f"Text:\n{str(ex.fields['text']).strip()}"
 
+    def answer_hint(self, ex, labels):
+        return "Reply with the summary only."
+
     def parse(self, text, ex, labels):
         if not text or not text.strip():
             return Parsed(None, None, "empty")
         js = _json_answer(text)
         if js is not None:
-            return Parsed(js[0].strip() or None, js[1], None if js[0].strip() else "empty")
-        m = list(re.finditer(r"(?:final answer|summary)\s*[:：]\s*", text, re.I))
+            body = clean_summary(js[0])
+            return Parsed(body or None, js[1], None if body else "empty")
+        m = list(re.finditer(r"final\s+answer\s*[:：]", text, re.I))
         if m:
-            body = text[m[-1].end():].strip()
-            return Parsed(body or None, text[: m[-1].start()].strip() or None, None if body else "empty")
-        return Parsed(text.strip(), None, None)
+            body = clean_summary(clean_answer(text[m[-1].end():]))
+            return Parsed(body or None, clean_rationale(text[: m[-1].start()]), None if body else "empty")
+        body = clean_summary(text)
+        return Parsed(body or None, None, None if body else "empty")
 
     def score(self, preds, golds, labels):
         return {"rouge_l": metrics.rouge_l(preds, golds)}
@@ -274,7 +343,7 @@ class Summarization(Task):
 
 class Chat(Task):
     name = "chat"
-    metric_name = None
+    metric_name = "rouge_l"  # against the test file's reference replies (the last assistant turn of each row)
     instruction = "You are a helpful assistant."
 
     def render_input(self, ex, labels):
@@ -287,7 +356,9 @@ class Chat(Task):
         return Parsed(text.strip(), None, None)
 
     def score(self, preds, golds, labels):
-        return {}
+        if not golds or any(g is None for g in golds):
+            return {}  # no reference replies: nothing to compare with
+        return {"rouge_l": metrics.rouge_l(preds, golds)}
 
 
 _TASKS: dict[str, Task] = {t.name: t for t in (Classification(), NLI(), MultipleChoice(), Math(), Summarization(), Chat())}
@@ -316,7 +387,7 @@ def default_labels(task: str, golds: list[str | None]) -> list[str] | None:
 
 
 def system_prompt(task: Task, ex: Example, labels: list[str] | None, chain_of_thought: bool, instructions: str | None = None) -> str:
-    base = instructions or task.instruction
+    base = instructions or task.instruction_for(ex, labels)
     if task.name == "classification" and labels and not instructions:
         base = f"Classify the text as {' or '.join(labels) if len(labels) == 2 else 'one of: ' + ', '.join(labels)}."
     if task.name == "chat":
@@ -326,7 +397,7 @@ def system_prompt(task: Task, ex: Example, labels: list[str] | None, chain_of_th
         return f"{base} Think step by step, then end with a line '{COT_MARKER} <answer>'. {hint}".strip()
     if task.choice_based:
         return f"{base} {hint} Reply with the answer only.".strip()
-    return f"{base} {hint}".strip()
+    return f"{base} {hint}".strip()  # summarization's hint says "Reply with the summary only."
 
 
 def format_target(label: str, rationale: str | None, with_rationale: bool) -> str:

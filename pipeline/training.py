@@ -25,12 +25,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .batching import collate, encode_records, epoch_batches, split_rows, supervised_loss
+from .batching import collate, encode_pairs, epoch_batches, split_rows, supervised_loss
 from .checkpoints import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .errors import Cancelled, TrainingError
 from .jsonl import jsonl_lines
 from .progress import ProgressFn, Tracker
 from .runlock import holds_run_lock
+from .targets import student_reasons, training_pairs
 
 __all__ = ["TrainSummary", "train", "check_student", "load_student", "read_labelled", "run_fingerprint", "write_model_card", "MAX_GRAD_NORM"]
 
@@ -213,6 +214,7 @@ def train(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
     # 1. check everything that can be checked before loading a model
     device = check_student(spec)
     records = read_labelled(out)
+    pairs = training_pairs(spec, records)  # refuses labels written for another train.rationale
     fingerprint = run_fingerprint(spec, out / "labels.jsonl")
     done = _finished(out, fingerprint)
     if done is not None:
@@ -236,7 +238,7 @@ def train(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     # 3. tokenize, hold out the validation share, plan the steps
-    rows = encode_records(records, tokenizer, render_chat, cfg.keep_rationale, cfg.max_seq_len)
+    rows = encode_pairs(pairs, tokenizer, render_chat, cfg.max_seq_len)
     train_rows, val_rows = split_rows(rows, cfg.val_share, cfg.seed)
     lengths = [r.length for r in train_rows]
     micro_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
@@ -395,7 +397,7 @@ def write_model_card(spec) -> Path:
              f"- task: {spec.task or 'detected from the dataset'}; labels: {', '.join(spec.labels) if spec.labels else 'n/a'}",
              f"- dataset: {spec.dataset.train or 'n/a'}; labelled rows trained on: {training.get('examples', '?')}"
              f" (validation: {training.get('val_examples', 0)})",
-             f"- rationales in targets: {t.keep_rationale}", "", "## Hyperparameters", "",
+             f"- rationales in targets: {'yes' if student_reasons(spec) else 'no (answer only)'}", "", "## Hyperparameters", "",
              f"- method {s.method}" + (f", LoRA rank {s.lora.rank}, alpha {s.lora.alpha}, dropout {s.lora.dropout}, "
                                        f"target modules {s.lora.target_modules}" if adapter else ""),
              f"- learning rate {t.learning_rate}, epochs {t.epochs}, max steps {t.max_steps}, batch size {t.batch_size}, "

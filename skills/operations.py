@@ -23,6 +23,7 @@ from pipeline.registry import Registry, RunRecord
 from pipeline.splits import split_info
 from pipeline.spec import TASKS, apply_overrides, validate_spec
 from pipeline.worker import queue_warning
+from pipeline.targets import spec_notes
 
 from .catalog import (CATALOG, ModelEntry, best_method, can_train, deployment_hardware, find_model, gpus_to_use,
                       local_model_params_b, resolve_models)
@@ -307,7 +308,7 @@ def plan_distillation(dataset: str, student: str | None = None, teacher: str | N
     runnable, why = can_train(student_entry, method, hw) if student_entry.params_b else (True, "custom student; size unknown")
     if teacher_block:
         runnable, why = False, teacher_block if runnable else f"{why} Also, {teacher_block}"
-    notes = [n for n in (label_note,) if n] + teacher_notes
+    notes = [n for n in (label_note,) if n] + teacher_notes + spec_notes(spec)
     if others:
         notes.append(f"'{student}' also matches {', '.join(e.id for e in others)}; say which if you prefer another.")
     key_env = spec.teacher.api_key_env

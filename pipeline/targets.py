@@ -1,0 +1,86 @@
+"""What the student sees and learns: its prompt and its training target, chosen apart from the teacher's prompt.
+
+    mode = rationale_mode(spec)                     # "none" (answer only, the default) | "target"
+    msgs = student_prompt(spec, task, example)      # the prompt it is trained, evaluated and served with
+    rec = training_record(spec, task, example, label, rationale)   # one labels.jsonl row
+    pairs = training_pairs(spec, records)           # [(prompt messages, target text, weight)] for the trainer
+
+`teacher.chain_of_thought` changes only the teacher's prompt and parsing (better labels). The student is asked
+for the answer alone unless `train.rationale: target` (with chain-of-thought labels): then it is prompted to
+reason and learns "rationale, then Final answer: X". A labels.jsonl row records which target it holds
+(`target`: "answer" | "rationale"), so training refuses rows written for another setting instead of mixing.
+
+Extension point (soft labels, multitask rationales): `training_pairs` is the one place that turns a labelled
+row into weighted (prompt, target) pairs; a new `train.rationale` or `train.targets` value adds a branch there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import TrainingError
+from .tasks import Task, format_target, student_messages
+
+__all__ = ["rationale_mode", "student_reasons", "student_prompt", "training_record", "training_pairs", "spec_notes", "TARGET_KINDS"]
+
+TARGET_KINDS = ("answer", "rationale")  # what a labels.jsonl row's assistant turn holds
+
+
+def rationale_mode(spec) -> str:
+    """none | target, as the spec asks (train.rationale, or the older train.keep_rationale)."""
+    return spec.train.rationale_mode
+
+
+def student_reasons(spec) -> bool:
+    """Whether the student is prompted to reason before its answer: only with rationale targets to learn from."""
+    return rationale_mode(spec) == "target" and bool(spec.teacher.chain_of_thought) and spec.task != "chat"
+
+
+def student_prompt(spec, task: Task, ex) -> list[dict[str, str]]:
+    """The student's zero-shot prompt for one row (no assistant turn): the same in training and evaluation."""
+    return student_messages(task, ex, spec.labels, student_reasons(spec), spec.instructions)
+
+
+def _kind(spec) -> str:
+    return "rationale" if student_reasons(spec) else "answer"
+
+
+def training_record(spec, task: Task, ex, label: str, rationale: str | None) -> dict[str, Any]:
+    """One labels.jsonl row: the student prompt plus the target the spec asks for, and what that target is."""
+    kind = _kind(spec)
+    msgs = student_prompt(spec, task, ex)
+    msgs.append({"role": "assistant", "content": format_target(label, rationale, with_rationale=kind == "rationale")})
+    return {"row": ex.row, "messages": msgs, "label": label, "rationale": rationale, "target": kind}
+
+
+def training_pairs(spec, records: list[dict[str, Any]]) -> list[tuple[list[dict[str, str]], str, float]]:
+    """(prompt messages, target text, loss weight) for each labelled row, as the current spec wants them.
+
+    Rows written for another rationale setting are refused with a sentence (the labels are rebuilt for free from
+    the answer cache by `distillery label`); rows from older versions without `target` are used as written.
+    """
+    want = _kind(spec)
+    pairs = []
+    for rec in records:
+        msgs = rec["messages"]
+        kind = rec.get("target")
+        if kind is not None and kind != want:
+            raise TrainingError(f"labels.jsonl holds '{kind}' targets but train.rationale={rationale_mode(spec)} wants '{want}' targets; "
+                                "run `distillery label` again (cached answers are reused, nothing is paid twice).")
+        target = str(msgs[-1]["content"])
+        if kind is None and want == "answer" and rec.get("rationale") and rec.get("label") is not None:
+            target = format_target(str(rec["label"]), None, False)  # an older row with its rationale kept
+        pairs.append((msgs[:-1], target, 1.0))
+    return pairs
+
+
+def spec_notes(spec) -> list[str]:
+    """Sentences about settings that have no effect as combined (shown at plan and spec time, never silently ignored)."""
+    notes = []
+    if spec.task == "chat" and spec.teacher.chain_of_thought:
+        notes.append("teacher.chain_of_thought has no effect on chat: the teacher replies to each conversation directly and the "
+                     "student learns those replies.")
+    elif rationale_mode(spec) == "target" and not spec.teacher.chain_of_thought:
+        notes.append("train.rationale=target needs teacher.chain_of_thought=true (the teacher gives no rationale otherwise); "
+                     "the student learns the answer only.")
+    return notes
