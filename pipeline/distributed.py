@@ -38,9 +38,10 @@ from typing import Any, Callable
 from .errors import Cancelled, TrainingError
 from .progress import Progress, ProgressFn
 
-__all__ = ["train_distributed", "step_micro_batches", "CONTROL_DIR"]
+__all__ = ["train_distributed", "step_micro_batches", "CONTROL_DIR", "DRIVER_GPU_SHARE"]
 
 CONTROL_DIR = ".train_control"
+DRIVER_GPU_SHARE = 0.1  # a Ray job's driver shares a GPU with rank 0 (evaluation runs there after training)
 
 
 def step_micro_batches(pos: dict[str, int], batches: list[list[int]], lengths: list[int], batch_size: int, seed: int,
@@ -334,7 +335,8 @@ def train_distributed(spec, progress: ProgressFn | None = None, should_stop: Cal
             _train_loop,
             train_loop_config={"spec": spec.model_dump(mode="json"), "fingerprint": fingerprint, "use_gpu": use_gpu},
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                         resources_per_worker={"CPU": 1, "GPU": 1 - DRIVER_GPU_SHARE} if use_gpu else None),
             run_config=RunConfig(name=f"train-{fingerprint}", storage_path=str((out / "ray_train").absolute()),
                                  failure_config=FailureConfig(max_failures=3)))
         _fit_watching(trainer, control, progress, should_stop)

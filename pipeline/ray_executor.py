@@ -41,6 +41,7 @@ from typing import Any
 
 from .errors import Cancelled, ClusterError, DistilleryError, RunError
 from .progress import Progress
+from .distributed import DRIVER_GPU_SHARE
 from .ray_cluster import cluster_info, gpu_needed, jobs_client, ray_address, translate
 from .registry import Registry
 
@@ -94,8 +95,9 @@ def _check_shared(out: Path) -> None:
 def job_resources(spec, info) -> dict[str, float]:
     """entrypoint_num_cpus/num_gpus for the job's driver; ClusterError when the cluster lacks a GPU the run needs.
 
-    One-process training takes one GPU for the driver; with train.workers N > 1 the Ray Train workers reserve
-    the GPUs (one each) and the driver takes none, so a node with N GPUs is enough.
+    One-process training takes one GPU for the driver. With train.workers N > 1 the driver takes a tenth of a GPU
+    and each Ray Train worker the other nine tenths of one (pipeline/distributed.py), so N GPUs are enough and the
+    driver still has a GPU to evaluate on once training has released them (it holds nothing there meanwhile).
     """
     workers = int(getattr(spec.train, "workers", 1) or 1)
     needs = gpu_needed(spec)
@@ -105,7 +107,9 @@ def job_resources(spec, info) -> dict[str, float]:
                            "add GPU nodes or use student.method=lora with student.device=auto.")
     device = str(spec.student.device)
     wants_gpu = needs or (info.gpus > 0 and (device == "auto" or device.startswith("cuda")))
-    return {"entrypoint_num_cpus": 1, "entrypoint_num_gpus": 1 if wants_gpu and workers == 1 and info.gpus else 0}
+    if not (wants_gpu and info.gpus):
+        return {"entrypoint_num_cpus": 1, "entrypoint_num_gpus": 0}
+    return {"entrypoint_num_cpus": 1, "entrypoint_num_gpus": 1 if workers == 1 else DRIVER_GPU_SHARE}
 
 
 # ---- the submitting side -------------------------------------------------------------------------------------
