@@ -69,7 +69,10 @@ def stage_inputs(spec, out: Path):
     for split in ("train", "test"):
         source = getattr(spec.dataset, split)
         path = resolve_path(str(source)) if source else None
-        if path is None:  # no file, or a hub id: the cluster reads the hub itself
+        if path is None:  # no file, or a hub id (the cluster reads the hub itself), or a file copied before and gone since
+            earlier = sorted((out / "data").glob(f"{split}.*")) if source else []
+            if earlier:
+                update[split] = str(earlier[0])
             continue
         dest = out / "data" / f"{split}{path.suffix.lower()}"
         if path.resolve() != dest.resolve():
