@@ -8,8 +8,8 @@
     thread_followup("cancel", "ab12cd34") -> "cancel ab12cd34"   # in the thread of a followed run
     split_words("Qwen's 8B rows=10") -> ["Qwen's", "8B", "rows=10"]   # shell-like, an apostrophe is a letter
 
-A message is a command only when the WHOLE message is one (case, surrounding spaces and a trailing "." or "!"
-ignored): "yes", "start plan-3f9a2c", "cancel", "cancel it", "cancel ab12cd34", "stop", "abort", "status", ...
+A message is a command only when the WHOLE message is one (case, surrounding spaces, a trailing "." or "!" and a
+"please" before or after ignored): "yes", "start plan-3f9a2c", "cancel", "cancel it", "cancel ab12cd34", "stop", "abort", "status", ...
 Cancelling therefore needs the command itself (or the Cancel button); "please don't cancel it" never cancels.
 """
 
@@ -37,6 +37,7 @@ COMMAND_WORDS = frozenset(DISTILL_WORDS + START_WORDS + CANCEL_WORDS + ARG_COMMA
                           + tuple(p for p in START_PHRASES if " " not in p))
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")  # a run or plan id as a user types it
 # read-only questions about a run, in its thread (harmless when misread, so phrasing may be loose)
+_POLITE = re.compile(r"^(?:please|pls|kindly)\s+|[\s,]+(?:please|pls|thanks|thank you)$", re.I)
 _APOSTROPHE = re.compile(r"\w'\w")
 _REPORT = re.compile(r"\b(report|results?|scores?|how did it (go|do))\b", re.I)
 _STATUS = re.compile(r"\b(status|progress|how('s| is) it going|going|eta|done yet|how long|where are we)\b", re.I)
@@ -49,8 +50,9 @@ class Command:
 
 
 def normalise(text: str) -> str:
-    """One line, single spaces, no trailing '.' or '!'."""
-    return " ".join((text or "").split()).rstrip(".! ").strip()
+    """One line, single spaces, no trailing '.' or '!', no 'please' before or after ('cancel it please')."""
+    line = " ".join((text or "").split()).rstrip(".! ").strip()
+    return _POLITE.sub("", line).rstrip(".! ").strip() or line
 
 
 def parse(text: str) -> Command | None:

@@ -29,13 +29,15 @@ from typing import Any
 import click
 
 from pipeline.errors import DistilleryError
+from pipeline.redact import RedactingFilter, redact
 from skills.uploads import UploadStore
 
 from . import commands
 from .app_home import publish_home
 from .blocks import CANCEL_ACTION, START_ACTION
 from .slack_files import FileRequests, SlackFiles
-from .slack_flow import SlackFlow, redact
+from .slack_flow import SlackFlow
+from .slack_out import SafeWebClient, mention
 from .slack_store import SlackStore
 
 __all__ = ["SlackConfig", "SlackConfigError", "create_app", "build_web_app", "serve_socket_mode", "flow_of",
@@ -97,7 +99,6 @@ def create_app(config: SlackConfig | None = None, agent=None, registry=None, pla
     unless --no-worker."""
     from slack_bolt.async_app import AsyncApp
     from slack_bolt.response import BoltResponse
-    from slack_sdk.web.async_client import AsyncWebClient
 
     config = config or SlackConfig.from_env()
     if not config.bot_token:
@@ -119,7 +120,8 @@ def create_app(config: SlackConfig | None = None, agent=None, registry=None, pla
 
         start_plan = functools.partial(operations.start_plan, plans=plans, registry=registry)
     store = store or SlackStore()
-    client = AsyncWebClient(token=config.bot_token, base_url=config.api_url or "https://slack.com/api/")
+    client = SafeWebClient(token=config.bot_token, base_url=config.api_url or "https://slack.com/api/",
+                           secrets=(config.bot_token, config.app_token or "", config.signing_secret or ""))
     app = AsyncApp(client=client, signing_secret=config.signing_secret or "", process_before_response=False)
     flow = SlackFlow(config, agent, registry, plans, store, client, start_plan, poll_s=poll_s,
                      update_interval_s=update_interval_s)
@@ -139,6 +141,11 @@ def create_app(config: SlackConfig | None = None, agent=None, registry=None, pla
         if event_id and store.seen_event(event_id):
             log.info("dropping a repeated delivery of event %s", event_id)
             return BoltResponse(status=200, body="")
+        await next()
+
+    @app.middleware
+    async def clean_client(context, next):  # noqa: A002 - listeners' `client` and `say` clean what they send too
+        context["client"] = client
         await next()
 
     async def ack_now(ack) -> None:
@@ -172,7 +179,7 @@ def create_app(config: SlackConfig | None = None, agent=None, registry=None, pla
         text = commands.slash_text(command.get("text") or "")
         channel, user = command["channel_id"], command["user_id"]
         try:
-            root = await flow.post(channel, None, f"<@{user}> asked: `{DISTILL_COMMAND} {command.get('text') or ''}`".strip())
+            root = await flow.post(channel, None, f"{mention(user)} asked: `{DISTILL_COMMAND} {command.get('text') or ''}`".strip())
         except Exception as err:  # noqa: BLE001 - most often not_in_channel
             log.info("cannot post in %s: %s", channel, redact(str(err)))
             await respond(text="I can't post in this channel; invite me (`/invite @Distillery`) or send me a direct message.",
@@ -301,6 +308,8 @@ def slack_command(http: bool, port: int, host: str, no_worker: bool) -> None:
     unless --no-worker is given."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = SlackConfig.from_env()
+    for handler in logging.getLogger().handlers:  # the bot's log never shows its tokens, keys or URL credentials
+        handler.addFilter(RedactingFilter((config.bot_token or "", config.app_token or "", config.signing_secret or "")))
     try:
         config.require(http=http)
         app = create_app(config, embedded_worker=not no_worker)

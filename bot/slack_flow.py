@@ -21,26 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import DistilleryError
+from pipeline.redact import redact
 from pipeline.worker import queue_warning
 
 from . import blocks, commands
+from .slack_out import mention
 
 __all__ = ["SlackFlow", "rewrite_followup", "is_start_request", "strip_mentions", "redact"]
 
 log = logging.getLogger("distillery.slack")
 
-_SECRET = re.compile(r"xox[a-z]-[A-Za-z0-9-]+|xapp-[A-Za-z0-9-]+|sk-[A-Za-z0-9_-]{8,}")
 
 
 # ---- pure text helpers ---------------------------------------------------------------------------------------
-
-def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Replace token-shaped strings and the given secret values with [redacted]."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    return _SECRET.sub("[redacted]", text)
-
 
 def strip_mentions(text: str) -> str:
     """Slack markup to plain text: '<@UBOT> distill <http://h/v1|h/v1> a &amp; b' -> 'distill http://h/v1 a & b'."""
@@ -84,20 +77,16 @@ class SlackFlow:
         return not self.config.channels or channel in self.config.channels or channel.startswith("D")
 
     def _refuse_start(self, user: str) -> str:
-        admins = ", ".join(f"<@{a}>" for a in sorted(self.config.admins))
-        return f"Sorry <@{user}>, only Distillery admins can start or cancel runs here; ask {admins or 'an admin'}."
+        admins = ", ".join(mention(a) for a in sorted(self.config.admins))
+        return f"Sorry {mention(user)}, only Distillery admins can start or cancel runs here; ask {admins or 'an admin'}."
 
     def _refuse_ask(self, user: str) -> str:
-        return (f"Sorry <@{user}>, I only take requests from the people on Distillery's list here; "
+        return (f"Sorry {mention(user)}, I only take requests from the people on Distillery's list here; "
                 "an admin can add you to DISTILLERY_SLACK_USERS.")
 
-    # -- Slack output --------------------------------------------------------------------------------------
-    def _clean(self, text: str) -> str:
-        c = self.config
-        return redact(text, (c.bot_token or "", c.app_token or "", c.signing_secret or ""))
-
+    # -- Slack output (self.client is a slack_out.SafeWebClient: every call is cleaned of secrets and pings) --
     async def post(self, channel: str, thread_ts: str | None, text: str, blocks_: list | None = None) -> dict:
-        kwargs: dict[str, Any] = {"channel": channel, "text": self._clean(text)}
+        kwargs: dict[str, Any] = {"channel": channel, "text": text}
         if thread_ts:
             kwargs["thread_ts"] = thread_ts
         if blocks_:
@@ -106,7 +95,7 @@ class SlackFlow:
         return resp.data if hasattr(resp, "data") else resp
 
     async def ephemeral(self, channel: str, user: str, thread_ts: str | None, text: str) -> None:
-        kwargs = {"channel": channel, "user": user, "text": self._clean(text)}
+        kwargs = {"channel": channel, "user": user, "text": text}
         if thread_ts:
             kwargs["thread_ts"] = thread_ts
         await self.client.chat_postEphemeral(**kwargs)
@@ -159,7 +148,7 @@ class SlackFlow:
         plan = await asyncio.to_thread(self.plans.get, plan_id)
         msg = blocks.plan_card(plan_id, plan.summary)
         if intro:
-            msg["blocks"].insert(0, {"type": "section", "text": {"type": "mrkdwn", "text": self._clean(intro)[:2900]}})
+            msg["blocks"].insert(0, {"type": "section", "text": {"type": "mrkdwn", "text": intro[:2900]}})
         resp = await self.post(channel, thread_ts, msg["text"], msg["blocks"])
         self.store.save_plan_message(plan_id, channel, thread_ts, resp["ts"])
 
@@ -177,7 +166,7 @@ class SlackFlow:
         plan_id = by.get("plan")
         if plan_id and self.store.plan_message(plan_id) and self.store.claim_plan(plan_id, by.get("user") or ""):
             self.store.set_plan_run(plan_id, run_id)  # started by text ("yes"): the card's buttons go away too
-            await self._update_plan_card(plan_id, f"Started by <@{by.get('user')}> as run `{run_id}`.")
+            await self._update_plan_card(plan_id, f"Started by {mention(by.get('user') or '')} as run `{run_id}`.")
         await self.attach(run_id, channel, thread_ts)
 
     # -- buttons -------------------------------------------------------------------------------------------
@@ -207,7 +196,7 @@ class SlackFlow:
             return
         run_id = _get(rec, "id")
         self.store.set_plan_run(plan_id, run_id)
-        await self._update_plan_card(plan_id, f"Started by <@{user}> as run `{run_id}`.")
+        await self._update_plan_card(plan_id, f"Started by {mention(user)} as run `{run_id}`.")
         await self.attach(run_id, channel, thread_ts)
 
     async def on_cancel_plan(self, plan_id: str, user: str, channel: str, thread_ts: str) -> None:
@@ -221,7 +210,7 @@ class SlackFlow:
             await asyncio.to_thread(self.plans.cancel, plan_id)
         except DistilleryError as err:
             log.info("cancelling plan %s: %s", plan_id, err)
-        await self._update_plan_card(plan_id, f"Cancelled by <@{user}>; nothing was started.")
+        await self._update_plan_card(plan_id, f"Cancelled by {mention(user)}; nothing was started.")
 
     async def _update_plan_card(self, plan_id: str, note: str) -> None:
         ref = self.store.plan_message(plan_id)
@@ -283,7 +272,7 @@ class SlackFlow:
                 now = time.monotonic()
                 if msg["text"] != last_text and (rec.finished or now - last_at >= self.update_interval_s):
                     await self.client.chat_update(channel=ref["channel"], ts=ref["status_ts"],
-                                                  text=self._clean(msg["text"]), blocks=msg["blocks"])
+                                                  text=msg["text"], blocks=msg["blocks"])
                     last_text, last_at = msg["text"], now
                     self.store.set_status_text(run_id, msg["text"])
                 if rec.finished:

@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from .errors import DistilleryError, SpecError
+from .redact import redact
 
 __all__ = ["cli", "main", "run_cli", "split_args"]
 
@@ -201,7 +202,7 @@ def run_cli(group: click.Group, argv: list[str] | None = None) -> int:
         group.main(args=argv, prog_name="distillery", standalone_mode=False)
         return 0
     except DistilleryError as err:
-        click.echo(f"error: {err}", err=True)
+        click.echo(f"error: {redact(str(err))}", err=True)
         return 1
     except click.exceptions.Abort:
         click.echo("interrupted; re-run the same command to resume where it stopped.", err=True)
@@ -217,7 +218,7 @@ def run_cli(group: click.Group, argv: list[str] | None = None) -> int:
     except Exception as err:  # the outermost boundary: say something went wrong, without a traceback
         if os.environ.get("DISTILLERY_DEBUG"):
             raise
-        click.echo(f"error: internal error ({type(err).__name__}: {str(err)[:300]}); set DISTILLERY_DEBUG=1 for the traceback and please report it.", err=True)
+        click.echo(f"error: internal error ({type(err).__name__}: {redact(str(err)[:300])}); set DISTILLERY_DEBUG=1 for the traceback and please report it.", err=True)
         return 2
 
 

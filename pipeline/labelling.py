@@ -42,6 +42,7 @@ from .errors import LabellingError, SpecError, UnknownTeacherError
 from .judging import FAILED, REASONS, TeacherResult, apply_filters, judge, records, same_label, write_jsonl
 from .progress import ProgressFn, Tracker
 from .batch import pricing, teacher_cost  # importing pipeline.batch registers the "batch" sender (teacher.batch)
+from .redact import endpoint
 from .runlock import holds_run_lock
 from .sending import SendState, cached_answer, run_loop, send
 from .tasks import get_task, resolve_spec, teacher_messages
@@ -306,7 +307,7 @@ def label(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
     if ratio < t.min_success_ratio or summary.requested == 0:
         failed = summary.by_reason.get(FAILED, 0)
         if summary.accepted == 0 and failed and stats.unreachable >= failed:
-            raise LabellingError(f"the teacher server at {t.base_url or 'the default URL'} could not be reached ({failed} rows failed after "
+            raise LabellingError(f"the teacher server at {endpoint(t.base_url, 'the default URL')} could not be reached ({failed} rows failed after "
                                  f"{t.max_retries} retries); start it or fix teacher.base_url, then run again.")
         reasons = ", ".join(f"{n} {why}" for why, n in summary.by_reason.items()) or "no rows"
         raise LabellingError(f"only {summary.accepted} of {summary.requested} rows were labelled ({ratio:.0%}, below teacher.min_success_ratio="

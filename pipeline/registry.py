@@ -33,6 +33,7 @@ from .errors import RunError
 from .home import distillery_home, runs_dir
 from .migrations import apply_migrations
 from .progress import Progress
+from .redact import redact
 
 __all__ = ["Registry", "RunRecord", "Event", "STATUSES", "RUNNING", "FINISHED", "MIGRATIONS"]
 
@@ -362,7 +363,7 @@ class Registry:
             self._event(db, run_id, "done", None, {"scores": report.get("scores")})
 
     def fail(self, run_id: str, message: str) -> None:
-        now = time.time()
+        now, message = time.time(), redact(message)  # run records are shown in Slack, MCP and `distillery status`
         with self._write() as db:
             db.execute("UPDATE runs SET status = 'failed', error = ?, updated_at = ?, finished_at = ? WHERE id = ?",
                        (message, now, now, run_id))

@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import TeacherError
+from ..redact import redact_url
 from .openai import OpenAITeacher, api_key_from_env
 
 __all__ = ["AzureTeacher", "ENTRA_SCOPE", "azure_v1_url", "entra_token_provider", "api_key_only", "default_credential"]
@@ -49,7 +50,7 @@ def azure_v1_url(base_url: str | None, what: str = "teacher.base_url") -> str:
     parts = urlsplit(base_url)
     path = parts.path.rstrip("/")
     if path.endswith("/models"):
-        raise TeacherError(f"{what} {base_url} is the retired Azure AI Inference route; use https://<resource>.openai.azure.com/openai/v1/ "
+        raise TeacherError(f"{what} {redact_url(base_url)} is the retired Azure AI Inference route; use https://<resource>.openai.azure.com/openai/v1/ "
                            "(or provider azure-inference while the deployment still serves it).")
     if not path:
         return base_url.rstrip("/") + "/openai/v1"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..redact import endpoint
 from .base import Teacher, TeacherAnswer, TeacherRequest, TransientError
 from .openai import api_key_from_env, status_error, unreachable
 
@@ -39,7 +40,7 @@ class AzureInferenceTeacher(Teacher):
         if spec.auth != "key":
             raise TeacherError("the azure-inference teacher takes teacher.auth=key only; for Microsoft Entra ID use provider azure (the v1 API).")
         key = api_key_from_env(spec.api_key_env, required=True)
-        self.url = spec.base_url
+        self.url = endpoint(spec.base_url)  # what sentences name: never the credentials a base_url may carry
         self._client = ChatCompletionsClient(
             endpoint=spec.base_url, credential=AzureKeyCredential(key),
             retry_total=0, connection_timeout=spec.timeout_s, read_timeout=spec.timeout_s,

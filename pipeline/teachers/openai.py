@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 from ..errors import TeacherError
+from ..redact import endpoint
 from .base import Teacher, TeacherAnswer, TeacherRequest, TransientError, content_text, estimate_tokens
 
 __all__ = ["OpenAITeacher", "AiohttpTransport", "api_key_from_env", "retry_after_seconds", "rate_limit_headers", "status_error",
@@ -209,12 +210,16 @@ class OpenAITeacher(Teacher):
         import httpx2
         import openai
 
-        self.url = self._base_url(spec)
+        base_url = self._base_url(spec)
+        if "@" in base_url.split("//", 1)[-1].split("/", 1)[0]:  # user:password@host: it would be sent as Basic auth
+            raise TeacherError(f"teacher.base_url for {endpoint(base_url)} has a user name or password in it; remove them and "
+                               "put the key in the environment variable that teacher.api_key_env names.")
+        self.url = endpoint(base_url)  # what sentences name: never the credentials a base_url may carry
         auth = self._auth_options(spec)  # before any client exists: a missing key raises with nothing to close
         self._transport = AiohttpTransport(limit=max(spec.concurrency, 10))
         http = httpx2.AsyncClient(transport=self._transport, timeout=spec.timeout_s, event_hooks=self._event_hooks())
         self._openai = openai
-        self._client = openai.AsyncOpenAI(base_url=self.url, max_retries=0, timeout=spec.timeout_s, http_client=http, **auth)
+        self._client = openai.AsyncOpenAI(base_url=base_url, max_retries=0, timeout=spec.timeout_s, http_client=http, **auth)
 
     def _base_url(self, spec) -> str:
         return spec.base_url or "https://api.openai.com/v1"

@@ -156,15 +156,16 @@ class Reply:
 class ScriptedAgent:
     """Makes a real plan for 'distill ...', answers anything else with an echo; records what it was asked."""
 
-    def __init__(self, plans):
+    def __init__(self, plans, overrides=(), summary=None, intro="Here is the plan {plan_id}."):
         self.plans, self.calls = plans, []
+        self.overrides, self.summary, self.intro = ["dataset.train_size=8", *overrides], summary or PLAN_SUMMARY, intro
 
     async def respond(self, conversation_id, user, text, source=None):
         self.calls.append({"conversation": conversation_id, "user": user, "text": text, "source": source})
         if text.startswith("distill"):
-            spec = load_spec(None, ["dataset.train_size=8"]).model_dump(mode="json")
-            plan = self.plans.create(spec, PLAN_SUMMARY, {"user": user, "conversation": conversation_id})
-            return Reply(f"Here is the plan {plan.id}.", plan_id=plan.id)
+            spec = load_spec(None, self.overrides).model_dump(mode="json")
+            plan = self.plans.create(spec, self.summary, {"user": user, "conversation": conversation_id})
+            return Reply(self.intro.format(plan_id=plan.id), plan_id=plan.id)
         return Reply(f"echo: {text}")
 
 

@@ -80,6 +80,8 @@ def test_formatters():
 def test_followups_in_a_run_thread_become_commands_for_that_run():
     assert rewrite_followup("how is it going?", "ab12") == "status ab12"
     assert rewrite_followup("cancel it please", "ab12") == "cancel ab12"
+    assert rewrite_followup("Please stop it.", "ab12") == "cancel ab12"
+    assert rewrite_followup("please don't cancel it", "ab12") == "please don't cancel it"  # a sentence, not the command
     assert rewrite_followup("show the report", "ab12") == "report ab12"
     assert rewrite_followup("what are the results", "ab12") == "report ab12"
     assert rewrite_followup("models", "ab12") == "models"

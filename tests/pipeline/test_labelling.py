@@ -150,7 +150,7 @@ def test_below_min_success_ratio_raises_with_counts(tmp_path):
 def test_unreachable_server_says_so(tmp_path):
     with FakeLLMServer() as server:
         spec = _spec(tmp_path, server, "teacher.max_retries=1")
-    with pytest.raises(LabellingError, match=f"teacher server at {server.openai_base_url} could not be reached"):
+    with pytest.raises(LabellingError, match=f"teacher server at {server.url} could not be reached"):
         label(spec)
 
 
