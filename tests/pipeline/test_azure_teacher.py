@@ -175,7 +175,7 @@ def test_wrong_key_stops_the_run_at_once_with_a_sentence(tmp_path, monkeypatch):
         with pytest.raises(TeacherError) as info:
             label(spec)
         assert len(server.requests) <= 2
-        assert str(info.value) == (f"the teacher at {server.url}/openai/v1 refused the key in AZURE_OPENAI_API_KEY (HTTP 401); "
+        assert str(info.value) == (f"the teacher at {server.url} refused the key in AZURE_OPENAI_API_KEY (HTTP 401); "
                                    "check it and its access to model 'fake-model'.")
         monkeypatch.setenv("AZURE_OPENAI_API_KEY", KEY)  # fixed: the same spec labels every row
         fixed = label(spec)
