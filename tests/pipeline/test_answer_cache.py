@@ -151,3 +151,16 @@ def _test_file(folder: Path) -> Path:
     path = folder / "test.jsonl"
     path.write_text("".join(json.dumps({"text": f"a good test film {i}", "label": 1}) + "\n" for i in range(4)))
     return path
+
+
+def test_batch_answers_carry_rows_and_are_reused_after_raising_max_tokens(tmp_path):
+    from fake_batch_api import FakeBatchAPI
+
+    with FakeBatchAPI(answer=lambda body: "positive" if "good" in body["messages"][-1]["content"] else "negative") as api:
+        spec = _spec(tmp_path, api.openai_base_url, "teacher.batch=true", "teacher.batch_poll_s=0.05", "teacher.params.max_tokens=16")
+        assert label(spec).accepted == 12 and api.creates == 1
+        params = spec.teacher.params.model_copy(update={"max_tokens": 64})
+        summary = label(spec.model_copy(update={"teacher": spec.teacher.model_copy(update={"params": params})}))
+        assert (summary.accepted, summary.requests_sent, api.creates) == (12, 0, 1)  # nothing submitted again
+    records = _records(spec)
+    assert sorted(r["row"] for r in records) == sorted(f"r{i}" for i in range(12)) and {r["max_tokens"] for r in records} == {16}
