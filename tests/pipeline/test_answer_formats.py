@@ -120,3 +120,29 @@ def test_settings_without_effect_are_said_at_spec_time():
     lonely = load_spec(None, ["train.rationale=target"])
     assert any("needs teacher.chain_of_thought=true" in n for n in spec_notes(lonely))
     assert spec_notes(load_spec(None, [])) == []
+
+
+def test_generation_prints_no_deprecation_warning(tiny_model):
+    """stop_strings travel in the generation config: no "deprecated" warning on every generation evaluation."""
+    import io
+    import logging
+
+    import transformers
+
+    from pipeline.models import load_model
+    from pipeline.scoring import generate
+
+    model, tok = load_model(str(tiny_model), "cpu")
+    logger = transformers.logging.get_logger("transformers")
+    once = getattr(logger.warning_once, "cache_clear", None)
+    if once:
+        once()  # warning_once remembers messages already shown in this process
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    logger.addHandler(handler)
+    try:
+        generate(model, tok, ["hello there"], max_new_tokens=3, stop=["Final answer:"])
+        generate(model, tok, ["hello there"], max_new_tokens=3)
+    finally:
+        logger.removeHandler(handler)
+    assert "deprecated" not in buf.getvalue()
