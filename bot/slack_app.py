@@ -29,7 +29,7 @@ from typing import Any
 import click
 
 from pipeline.errors import DistilleryError
-from pipeline.redact import RedactingFilter, redact
+from pipeline.redact import redact, redact_logs
 from skills.uploads import UploadStore
 
 from . import commands
@@ -308,8 +308,7 @@ def slack_command(http: bool, port: int, host: str, no_worker: bool) -> None:
     unless --no-worker is given."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = SlackConfig.from_env()
-    for handler in logging.getLogger().handlers:  # the bot's log never shows its tokens, keys or URL credentials
-        handler.addFilter(RedactingFilter((config.bot_token or "", config.app_token or "", config.signing_secret or "")))
+    redact_logs((config.bot_token or "", config.app_token or "", config.signing_secret or ""))  # tokens never in the log
     try:
         config.require(http=http)
         app = create_app(config, embedded_worker=not no_worker)

@@ -29,6 +29,8 @@ from pipeline.datasets import read_records
 from pipeline.errors import DatasetError, DistilleryError
 from skills.uploads import Upload, UploadStore, safe_name
 
+from . import commands
+
 __all__ = ["SlackFiles", "FileRequests", "FileRefused", "phrase_refers_to_a_file", "replace_file_phrase", "SLACK_FILE_HOST", "DATA_SUFFIXES",
            "max_file_bytes", "max_upload_bytes", "zip_adapter"]
 
@@ -244,7 +246,8 @@ class SlackFiles:
 # ---- a request that brings or names a file --------------------------------------------------------------------
 
 _COLUMN_ANSWER = re.compile(r"\btext\s*(?:=|:|is)\s*`?([^\s`,;]+)`?.*?\blabel\s*(?:=|:|is)\s*`?([^\s`,;]+)`?", re.I | re.S)
-_DISTILL_START = re.compile(r"^\s*(distill|distil|plan)\b", re.I)
+_VERB = "|".join(commands.DISTILL_WORDS)  # the one vocabulary (bot/commands.py)
+_DISTILL_START = re.compile(rf"^\s*({_VERB})\b", re.I)
 
 
 class FileRequests:
@@ -314,7 +317,7 @@ def _guess(upload: Upload) -> dict[str, Any]:
 
 def _about(text: str, name: str) -> str:
     """The request rewritten to name the dataset; a bare attachment asks for its description."""
-    if phrase_refers_to_a_file(text) or re.match(r"^\s*(distill|distil|plan)\s+(into|to)\b", text or "", re.I):
+    if phrase_refers_to_a_file(text) or re.match(rf"^\s*({_VERB})\s+(into|to)\b", text or "", re.I):
         return replace_file_phrase(text, name)
     if not (text or "").strip() or not _DISTILL_START.match(text):
         return f"describe {name}" if not (text or "").strip() else f"{text} (dataset: {name})"

@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 from .errors import RunError, SpecError
+from .redact import redact_logs
 from .registry import Registry, RunRecord
 from .worker import queue_warning
 
@@ -214,5 +215,6 @@ def worker_command(max_concurrent: int, once: bool, poll: float, stale_after: fl
     if max_concurrent < 1:
         raise RunError("--max-concurrent must be at least 1.")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact_logs()  # tracebacks of internal errors may quote URLs with credentials
     handled = run_worker(Registry(), max_concurrent=max_concurrent, poll_s=poll, once=once, stale_after_s=stale_after)
     click.echo(f"worker stopped after {handled} run(s).", err=True)

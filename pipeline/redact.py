@@ -5,6 +5,7 @@
     redact_data({"blocks": [...]}, secrets)                  # the same over nested dicts / lists / tuples
     endpoint("http://u:pw@h:8/v1?key=abc")                   -> "http://h:8"  (what error sentences name)
     handler.addFilter(RedactingFilter(secrets))              # log lines and tracebacks redacted too
+    redact_logs(secrets)                                     # ... on every handler of the root logger
 
 Used at every edge where text leaves: Slack messages (bot/slack_out.py), run records (registry.fail), the CLI's
 error line, and the teachers' error sentences, which name an endpoint by endpoint(base_url) and never by the URL
@@ -18,7 +19,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
-__all__ = ["REDACTED", "RedactingFilter", "redact", "redact_data", "redact_url", "endpoint"]
+__all__ = ["REDACTED", "RedactingFilter", "redact_logs", "redact", "redact_data", "redact_url", "endpoint"]
 
 REDACTED = "[redacted]"
 _TOKENS = re.compile("|".join([
@@ -106,3 +107,10 @@ class RedactingFilter(logging.Filter):
         if record.exc_text:
             record.exc_text = redact(record.exc_text, self.secrets)
         return True
+
+
+def redact_logs(secrets: tuple[str, ...] = ()) -> None:
+    """Put a RedactingFilter on every handler of the root logger (call after logging.basicConfig)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter(secrets))

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from pipeline.redact import RedactingFilter, endpoint, redact, redact_data
+from pipeline.redact import RedactingFilter, endpoint, redact, redact_data, redact_logs
 
 
 @pytest.mark.parametrize("secret", [
@@ -63,3 +63,18 @@ def test_log_records_and_tracebacks_are_redacted():
     out = stream.getvalue()
     assert "request [redacted] failed" in out and "RuntimeError" in out
     assert "hunter2" not in out and "xoxb-1234" not in out and "my-signing-secret" not in out
+
+
+def test_redact_logs_filters_every_root_handler_once():
+    root = logging.getLogger()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root.addHandler(handler)
+    try:
+        redact_logs(("s3cr3t-value",))
+        redact_logs(("s3cr3t-value",))
+        logging.getLogger("test.redact.root").warning("value s3cr3t-value at http://u:hunter2@h/v1")
+    finally:
+        root.removeHandler(handler)
+    assert sum(isinstance(f, RedactingFilter) for f in handler.filters) == 1
+    assert stream.getvalue().strip() == "value [redacted] at http://[redacted]@h/v1"
