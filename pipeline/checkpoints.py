@@ -6,7 +6,8 @@
 
 A checkpoint folder holds `trainable.safetensors` (the weights that train: LoRA matrices, or every weight for
 full fine-tuning), optionally `best.safetensors` (weights at the best validation loss), `state.pt` (optimizer,
-scheduler and RNG states) and `meta.json` (step, data position, epoch order, loss history, run fingerprint).
+scheduler and RNG states, loaded with `weights_only=True`: plain tensors and containers, never a pickled object
+that could run code, so a planted checkpoint cannot execute anything) and `meta.json` (step, data position, epoch order, loss history, run fingerprint).
 A folder named `step-*` is always complete: it only gets that name by `os.replace` after everything in it was
 written and flushed. Checkpoints of another spec (different fingerprint) are never resumed from.
 """
@@ -19,6 +20,8 @@ import random
 import shutil
 from pathlib import Path
 from typing import Any
+
+from .errors import TrainingError
 
 __all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "KEEP"]
 
@@ -118,7 +121,12 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[st
     import torch
     from safetensors.torch import load_file
 
-    trainable = load_file(str(path / "trainable.safetensors"))
-    best = load_file(str(path / "best.safetensors")) if (path / "best.safetensors").is_file() else None
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)  # our own file, written above
+    try:
+        trainable = load_file(str(path / "trainable.safetensors"))
+        best = load_file(str(path / "best.safetensors")) if (path / "best.safetensors").is_file() else None
+        # weights_only: tensors, numbers, strings, lists, dicts and tuples only; never code from a pickle
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError for anything but plain state, SafetensorError, OSError, ...
+        raise TrainingError(f"checkpoint {path} cannot be loaded safely ({type(err).__name__}); delete that folder "
+                            "to resume from an older checkpoint or start training over.") from None
     return trainable, state, _meta(path), best

@@ -25,6 +25,7 @@ import click
 from .errors import RunError, SpecError
 from .redact import redact_logs
 from .registry import Registry, RunRecord
+from .runlock import read_run_file
 from .worker import queue_warning
 
 __all__ = ["submit_command", "runs_command", "status_command", "cancel_command", "report_command", "worker_command",
@@ -167,7 +168,7 @@ def report_command(run_id: str) -> None:
         raise RunError(f"run {rec.id}'s folder '{out}' is missing (moved or deleted?); "
                        f"its scores are still in `distillery status {rec.id}`.")
     try:
-        text = md.read_text(encoding="utf-8")
+        text = read_run_file(md).decode("utf-8")
     except FileNotFoundError:
         raise RunError(f"run {rec.id}'s report.md is missing from '{out}'; re-submit the same spec to rebuild it.") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -194,6 +195,8 @@ def _state_sentence(rec: RunRecord) -> str:
 
 
 def _readable(path: Path) -> bool:
+    if path.is_symlink():  # not something the run wrote
+        return False
     if path.suffix != ".json":
         return path.stat().st_size > 0
     try:

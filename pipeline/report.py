@@ -2,11 +2,17 @@
 
     report = build_report(spec, labelling, training, evaluation)   # pure
     write_report(spec, report, loss_history)                        # files in spec.out
+
+Each file is written whole to a temp name and renamed into place, so a reader never sees half a report and a
+symbolic link planted under a report's name is replaced, never written through.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +149,7 @@ def _eval_line(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _chart(report: dict[str, Any], loss_history: list[dict[str, Any]], path: Path) -> None:
+def _chart(report: dict[str, Any], loss_history: list[dict[str, Any]], path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,16 +170,27 @@ def _chart(report: dict[str, Any], loss_history: list[dict[str, Any]], path: Pat
     ax2.set_ylabel("training loss")
     ax2.set_title("student training loss")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write `path` as a new file renamed into place: a symbolic link planted there is replaced, never followed."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # a leftover (or a link) is removed, not written through
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
 
 
 def write_report(spec, report: dict[str, Any], loss_history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
-    _chart(report, loss_history or [], out / "report.png")
-    tmp = out / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    tmp.replace(out / "report.json")
+    _replace_file(out / "report.md", render_markdown(report).encode("utf-8"))
+    png = io.BytesIO()
+    _chart(report, loss_history or [], png)
+    _replace_file(out / "report.png", png.getvalue())
+    _replace_file(out / "report.json", json.dumps(report, indent=2).encode("utf-8"))
     return report
