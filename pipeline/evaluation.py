@@ -241,7 +241,11 @@ def evaluate_run(spec, progress: ProgressFn | None = None, should_stop=None) -> 
         if name in state["results"]:
             continue
         if name == "teacher":
+            from .models import clear_model_cache, free_memory
+
             result = evaluate_teacher(spec, examples, progress, should_stop)
+            clear_model_cache()  # a local teacher's model goes before the students are loaded
+            free_memory()
         else:
             result = evaluate_model(spec, examples, model, adp, progress, f"evaluating {name}", should_stop)
         state["results"][name] = {**result.to_dict(), "fingerprint": prints[name]}

@@ -28,6 +28,7 @@ def run(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bool
         on_stage: StageFn | None = None) -> dict[str, Any]:
     """Run every stage that is not finished yet and return report.json's content."""
     from .evaluation import evaluate_run
+    from .models import clear_model_cache, free_memory
     from .labelling import label
     from .report import build_report, write_report
     from .training import check_student, train, write_model_card
@@ -48,11 +49,14 @@ def run(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bool
     # 3. teacher labels the training rows (answers already in the cache are reused, never sent again)
     stage("labelling", "started")
     labelling = _as_dict(label(spec, progress=progress, should_stop=should_stop))
+    clear_model_cache()  # a local teacher's model is not needed while the student trains
+    free_memory()
     stage("labelling", "finished", {k: labelling.get(k) for k in ("requested", "accepted", "rejected", "cost_usd", "cached")})
 
     # 4. student learns from the labels (train() resumes from checkpoints and skips a finished adapter)
     stage("training", "started")
     training = _as_dict(train(spec, progress=progress, should_stop=should_stop))
+    free_memory()  # the training model is gone: give its memory back before evaluation loads the next one
     stage("training", "finished", {k: training.get(k) for k in ("steps", "final_loss", "seconds")})
 
     # 5. teacher, base student and distilled student on the test split
