@@ -283,3 +283,40 @@ def test_the_status_message_says_when_no_worker_watches_the_queue(env):
         status = env.slack.wait_for(lambda: posts(env.slack, "is queued"), what="the status message")[0]
     assert "No worker is watching this Distillery home" in status["text"] and "distillery worker" in status["text"]
     assert "No worker is watching" in json.dumps(status["blocks"])
+
+
+def test_distillery_slack_runs_an_embedded_worker_and_no_worker_turns_it_off(slack, tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from pipeline.registry import Registry
+    from slack_harness import SIGNING_SECRET
+
+    reg = Registry()
+    for extra, kind in (([], "embedded in distillery slack"), (["--no-worker"], None)):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+               "DISTILLERY_SLACK_API_URL": slack.api_url}
+        proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "slack", "--http", "--host", "127.0.0.1", "--port", str(port),
+                                 *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            def healthy():
+                try:
+                    return urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).read() == b"ok"
+                except OSError:
+                    assert proc.poll() is None, proc.stdout.read()
+                    return False
+            slack.wait_for(healthy, what="the bot to listen")
+            if kind:
+                live = slack.wait_for(lambda: reg.live_workers(), what="the embedded worker's heartbeat")
+                assert [(w["kind"], w["pid"]) for w in live] == [(kind, proc.pid)]
+            else:
+                assert reg.live_workers() == []
+        finally:
+            proc.terminate()
+            output = proc.communicate(timeout=60)[0]
+        assert reg.live_workers() == [], output[-2000:]  # stopping the bot stops its worker
