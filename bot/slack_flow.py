@@ -312,7 +312,7 @@ class SlackFlow:
         from .slack_files import max_upload_bytes, zip_adapter
 
         adapter = (report.get("paths") or {}).get("adapter") or (rec.paths or {}).get("adapter")
-        if not adapter:
+        if not adapter or not Path(adapter).is_dir():
             return
         with tempfile.TemporaryDirectory(prefix="distillery-adapter-") as tmp:
             packed = await asyncio.to_thread(zip_adapter, Path(adapter), Path(tmp) / f"adapter-{rec.id}.zip", max_upload_bytes())
