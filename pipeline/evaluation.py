@@ -78,6 +78,16 @@ def _exact_answers(task) -> bool:
     return task.name == "math"
 
 
+def _answered_before_cut(text: str) -> bool:
+    """Whether a cut-off output had already finished its marked answer line ("Final answer: 18\n..." then cut)."""
+    from .tasks import split_answer
+
+    answer, _, marked = split_answer(text)
+    line = answer.strip().splitlines()[0] if marked and answer.strip() else ""
+    at = text.rfind(line) if line else -1
+    return at >= 0 and "\n" in text[at + len(line):]
+
+
 def evaluate_model(spec, examples: list[Example], model: str, adapter: str | Path | None = None,
                    progress: ProgressFn | None = None, stage: str = "evaluating", should_stop=None) -> EvalResult:
     """Score one student model (optionally with a peft adapter) with the prompt the student is trained with.
@@ -138,7 +148,7 @@ def _predict(spec, lm, tok, examples, tracker, should_stop) -> tuple[list[str | 
                 truncated = g.finish_reason == "length"
                 parsed = task.parse(g.text, e, spec.labels)
                 label, error = parsed.label, parsed.error
-                if truncated and _exact_answers(task):
+                if truncated and _exact_answers(task) and not _answered_before_cut(g.text):
                     label, error = None, "truncated"  # cut inside "$10" must not count as the answer "1"
                 extra.append({"text": g.text[:2000], "error": error, "truncated": truncated})
                 preds.append(label)

@@ -140,7 +140,7 @@ def _eval_line(report: dict[str, Any]) -> str:
     targets = report.get("targets") or {}
     method = ev.get("method", {}).get("student_base")
     parts = [f"Student answers {method}" if method else "Student answers evaluated",
-             "trained on " + ("rationale + answer" if targets.get("rationales_in_targets") else "the answer only") + " targets"]
+             "trained on " + ("rationale + answer" if targets.get("rationales_in_targets") else "answer-only") + " targets"]
     unread = {n: e for n, e in (ev.get("unreadable") or {}).items() if e}
     if unread:
         parts.append("unreadable answers: " + "; ".join(f"{n} " + ", ".join(f"{v} {k}" for k, v in e.items()) for n, e in unread.items()))

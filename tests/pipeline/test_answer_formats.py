@@ -146,3 +146,11 @@ def test_generation_prints_no_deprecation_warning(tiny_model):
     finally:
         logger.removeHandler(handler)
     assert "deprecated" not in buf.getvalue()
+
+
+def test_a_cut_off_output_keeps_an_answer_line_it_had_finished():
+    from pipeline.evaluation import _answered_before_cut
+
+    assert _answered_before_cut("Final answer: 18\nQuestion: Tom has")  # cut in the rambling after the answer
+    assert not _answered_before_cut("Final answer: 1")  # cut inside the number ("$10" -> "$1")
+    assert not _answered_before_cut("She pays $10 in total and then")  # no marked answer: the last number is a guess

@@ -67,7 +67,7 @@ def test_every_task_reports_all_three_scores_with_chain_of_thought(task, tiny_mo
         for name in ("student_base", "student_distilled"):
             assert evaluation[name]["method"] == "scored options"
             assert evaluation[name]["errors"] == {}  # never "unparseable": options are scored, not parsed
-    assert "trained on the answer only targets" in (out / "report.md").read_text()
+    assert "trained on answer-only targets" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("task", ["nli", "multiple_choice"])
