@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .answers import AnswerStore, answer_key
-from . import splits
+from . import pilot, splits
 from .datasets import Example
 from .errors import LabellingError, SpecError, UnknownTeacherError
 from .judging import FAILED, REASONS, TeacherResult, apply_filters, judge, records, same_label, write_jsonl
@@ -73,6 +73,7 @@ class LabelSummary:
     agreement_with_gold: float | None = None
     demos: list[Any] = field(default_factory=list)
     pricing: str = "list price"  # or "batch price (50 % of list)" with teacher.batch
+    answer_cue: dict[str, Any] = field(default_factory=dict)  # the cue used and how it was chosen (pipeline/pilot.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +102,8 @@ def choose_rows(spec) -> tuple[list[Example], list[Example]]:
     """(rows to label, demonstrations): demos have gold labels and are never labelled rows nor test rows."""
     spec = resolve_spec(spec)
     pool = splits.training_pool(spec)  # seeded order, held-out test rows removed (pipeline/splits.py)
+    held = pilot.pilot_keys(spec)  # the teacher pilot's gold rows (pipeline/pilot.py) are never labelled nor demos
+    pool = [e for e in pool if splits.fields_key(e) not in held] if held else pool
     size = spec.dataset.train_size or len(pool)
     rows, rest = pool[:size], pool[size:]
     k = spec.teacher.few_shot
@@ -249,7 +252,7 @@ def ask_teacher(spec, examples: list[Example], demos: list[Example], progress: P
 
 
 def _ask_teacher(spec, examples, demos, progress, should_stop, stage) -> tuple[list[TeacherResult], _Stats]:
-    spec = resolve_spec(spec)
+    spec = pilot.resolve_cue(spec, progress, should_stop)[0]  # teacher.answer_cue=auto: settled (pipeline/pilot.py)
     task, labels, t = get_task(spec.task), spec.labels, spec.teacher
     if t.self_consistency > 1 and t.params.temperature == 0:
         log.warning("teacher.self_consistency=%d with temperature 0: samples will mostly agree; set teacher.params.temperature=0.7", t.self_consistency)
@@ -280,7 +283,8 @@ def label(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
-    # 2. rows and demonstrations
+    # 2. the answer cue (answer_cue=auto: tried on the pilot rows, kept in pilot.json), rows and demonstrations
+    spec, cue = pilot.resolve_cue(spec, progress, should_stop)
     rows, demos = choose_rows(spec)
     # 3. ask the teacher (cached answers are not sent again)
     results, stats = _ask_teacher(spec, rows, demos, progress, should_stop, "labelling")
@@ -299,7 +303,7 @@ def label(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
         cost_usd=round(teacher_cost(t, prompt_tokens, completion_tokens), 6),
         seconds=round(time.monotonic() - started, 3), requests_sent=stats.sent, cached=stats.cached,
-        agreement_with_gold=agreement, demos=[d.row for d in demos], pricing=pricing(t),
+        agreement_with_gold=agreement, demos=[d.row for d in demos], pricing=pricing(t), answer_cue=cue,
     )
     (out / "labelling.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str), encoding="utf-8")
     # 5. enough rows?
@@ -317,7 +321,7 @@ def label(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
 
 def estimate(spec) -> Estimate:
     """What label(spec) would send and cost, from the prompts (characters / 4); sends nothing."""
-    spec = resolve_spec(spec)
+    spec = pilot.resolve_cue(spec, run=False)[0]
     task, t = get_task(spec.task), spec.teacher
     rows, demos = choose_rows(spec)
     per_row = _build_requests(spec, task, spec.labels, rows, demos)

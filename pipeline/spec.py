@@ -49,6 +49,7 @@ class DatasetSpec(_Strict):
     test_size: int | None = Field(None, ge=1)  # test rows (with no test file: the rows held out, see pipeline/splits.py)
     test_share: float = Field(0.10, gt=0.0, lt=1.0)  # no test file: share of the train file held out (50-500 rows)
     seed: int = 0  # shuffle seed for train_size/test_size and few-shot demonstrations
+    pilot_size: int | None = Field(None, ge=0)  # gold rows set aside for the teacher pilot (None: 32 when a pilot applies; 0: none)
     fields: dict[str, str] | None = None  # canonical name -> column, e.g. {text: review, label: stars}
     train_split: str = "train"  # hub datasets only
     test_split: str = "test"  # hub datasets only
@@ -95,7 +96,8 @@ class TeacherSpec(_Strict):
     batch_size: int = Field(16, ge=1)  # local teacher: rows per forward pass
     device: str = "auto"  # local teacher: auto | cpu | cuda | mps
     prompt_format: Literal["auto", "chat", "plain"] = "auto"  # local teacher: plain few-shot text for base models
-    answer_cue: str = Field("Answer", min_length=1)  # plain format: the word before each answer ("Sentiment" for SST-2)
+    answer_cue: str = Field("auto", min_length=1)  # plain format: the word before each answer; auto: chosen on the pilot rows (pipeline/pilot.py)
+    answer_cues: list[str] | None = None  # answer_cue=auto: the candidates tried (None: one derived from the labels, then Answer, Label, ...)
 
 
 class LoraSpec(_Strict):
@@ -189,7 +191,7 @@ def default_spec_dict() -> dict[str, Any]:
         "task": "classification",
         "labels": ["negative", "positive"],
         "dataset": {"train": "sst2/train.jsonl", "test": "sst2/test.jsonl"},
-        "teacher": {"provider": "local", "model": DEFAULT_MODEL, "few_shot": 8, "answer_cue": "Sentiment"},
+        "teacher": {"provider": "local", "model": DEFAULT_MODEL, "few_shot": 8},
         "student": {"model": DEFAULT_MODEL, "method": "lora"},
         "out": "runs/sst2-default",
     }

@@ -52,7 +52,8 @@ class LocalTeacher(Teacher):
     def _render(self, tokenizer, messages: list[dict[str, str]], fmt: str) -> str:
         from ..models import render_chat, render_plain
 
-        return render_plain(messages, self.spec.answer_cue) if fmt == "plain" else render_chat(tokenizer, messages)
+        cue = self.spec.answer_cue if self.spec.answer_cue != "auto" else "Answer"  # labelling settles auto first (pipeline/pilot.py)
+        return render_plain(messages, cue) if fmt == "plain" else render_chat(tokenizer, messages)
 
     async def answer(self, request: TeacherRequest) -> TeacherAnswer:
         return (await self.answer_batch([request]))[0]
