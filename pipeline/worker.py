@@ -43,7 +43,7 @@ __all__ = ["run_worker", "execute_run", "run_foreground", "RunHooks", "EmbeddedW
 log = logging.getLogger("distillery.worker")
 
 NOT_FOR_RUNS = frozenset({"SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "DISTILLERY_CHAT_API_KEY",
-                          "DISTILLERY_MCP_TOKEN"})  # front-door secrets kept out of run processes
+                          "DISTILLERY_MCP_TOKEN", "RAY_AUTH_TOKEN"})  # front-door secrets kept out of run processes
 STAGE_STATUS = {"labelling": "labelling", "training": "training", "evaluating": "evaluating", "reporting": "evaluating"}
 
 
