@@ -28,7 +28,7 @@ from typing import Any
 from .tasks import format_target
 
 __all__ = ["Encoded", "MEGA_BATCH", "target_text", "end_of_turn_id", "encode_records", "encode_pairs", "split_rows", "epoch_batches", "collate",
-           "supervised_loss", "decoder_parts"]
+           "supervised_loss", "target_logits", "decoder_parts"]
 
 MEGA_BATCH = 32  # batches per sorted group: larger groups pad less, smaller ones shuffle more
 _EOT_CANDIDATES = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
@@ -151,10 +151,9 @@ def decoder_parts(model):
     return base.get_decoder(), base.get_output_embeddings(), cap
 
 
-def supervised_loss(model, batch: dict[str, Any]):
-    """(sum of target-token cross-entropies, number of target tokens); logits only at the target positions."""
+def target_logits(model, batch: dict[str, Any]):
+    """fp32 logits at the supervised positions only (one row per target token, in collate's order)."""
     import torch
-    import torch.nn.functional as F
 
     body, head, cap = decoder_parts(model)
     hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
@@ -162,5 +161,12 @@ def supervised_loss(model, batch: dict[str, Any]):
     logits = head(picked).float()
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    loss_sum = F.cross_entropy(logits, batch["targets"], reduction="sum")
+    return logits
+
+
+def supervised_loss(model, batch: dict[str, Any]):
+    """(sum of target-token cross-entropies, number of target tokens); logits only at the target positions."""
+    import torch.nn.functional as F
+
+    loss_sum = F.cross_entropy(target_logits(model, batch), batch["targets"], reduction="sum")
     return loss_sum, int(batch["targets"].numel())

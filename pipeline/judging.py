@@ -6,7 +6,9 @@
     write_jsonl(out / "labels.jsonl", accepted)                       # temp file + rename
 
 Pure functions over answers already received (the sending engine, pipeline/sending.py, gets them); nothing here
-talks to a teacher. A row is rejected with one of REASONS; accepted rows carry label, rationale and confidence.
+talks to a teacher. A row is rejected with one of REASONS; accepted rows carry label, rationale and confidence, and
+on closed answer sets `soft`: the teacher's distribution over the options (scored option probabilities from a
+local teacher, or self-consistency vote shares); API answers without either carry none (hard label only).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from .datasets import Example
 from .targets import training_record
 from .teachers import TeacherAnswer
 
-__all__ = ["TeacherResult", "judge", "judge_one", "apply_filters", "records", "write_jsonl", "same_label",
+__all__ = ["TeacherResult", "judge", "judge_one", "apply_filters", "records", "write_jsonl", "same_label", "soft_label",
            "FAILED", "CUT_OFF", "UNPARSEABLE", "AMBIGUOUS", "REASONS"]
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ class TeacherResult:
     label: str | None = None  # parsed final answer; None when rejected before filters
     rationale: str | None = None
     confidence: float | None = None  # option probability (scored options) or vote share (self-consistency)
+    soft: dict[str, float] | None = None  # closed sets: the teacher's distribution over every option (soft label)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reason: str | None = None  # why the row is rejected, None when accepted
@@ -78,6 +81,8 @@ def judge(task, ex: Example, labels, msgs, answers: list[TeacherAnswer | None], 
     if len(answers) == 1:
         res.label, res.rationale, res.confidence, res.reason, res.detail = judged[0]
         res.text = answers[0].text if answers[0] else None
+        if res.reason is None and task.choice_based and answers[0] and answers[0].option_probs:
+            res.soft = soft_label(task.options(ex, labels), answers[0].option_probs)
         return res
     votes = Counter(j[0] for j in judged if j[0] is not None)
     if not votes:
@@ -94,7 +99,19 @@ def judge(task, ex: Example, labels, msgs, answers: list[TeacherAnswer | None], 
     res.label, res.rationale = top, judged[winner][1]
     res.text = answers[winner].text
     res.confidence = count / len(answers)
+    if task.choice_based:  # the vote shares among the samples that gave an answer
+        cast = sum(votes.values())
+        res.soft = soft_label(task.options(ex, labels), {k: v / cast for k, v in votes.items()})
     return res
+
+
+def soft_label(options: list[str], probs: dict[str, float]) -> dict[str, float] | None:
+    """{option: probability} over every option (0.0 where the teacher gave none), renormalised; None if all are 0."""
+    raw = {o: max(float(probs.get(o, 0.0)), 0.0) for o in options}
+    total = sum(raw.values())
+    if total <= 0:
+        return None
+    return {o: round(v / total, 6) for o, v in raw.items()}
 
 
 def same_label(task, label: str | None, gold: str | None) -> bool:
@@ -142,6 +159,8 @@ def records(spec, task, results: list[TeacherResult]) -> tuple[list[dict], list[
         if r.reason is None:
             rec = training_record(spec, task, ex, r.label, r.rationale)  # the student's prompt and target (pipeline/targets.py)
             rec["confidence"] = r.confidence
+            if r.soft is not None:
+                rec["soft"] = r.soft  # the teacher's option distribution, for train.targets=soft|mixed (pipeline/kd.py)
             if ex.gold is not None:
                 rec["gold"] = ex.gold
             rec["usage"] = {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens}

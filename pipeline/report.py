@@ -81,7 +81,9 @@ def build_report(spec, labelling: dict[str, Any], training: dict[str, Any], eval
                        "method": {name: results[name].get("method") for name in ORDER if name in results},
                        "unreadable": {name: results[name].get("errors") or {} for name in ORDER if name in results},
                        "warnings": unreadable_warnings(results)},
-        "targets": {"rationale": rationale_mode(spec), "rationales_in_targets": student_reasons(spec)},
+        "targets": {"rationale": rationale_mode(spec), "rationales_in_targets": student_reasons(spec),
+                    "labels": training.get("targets", "hard"), "kd_weight": training.get("kd_weight"),
+                    "kd_temperature": training.get("kd_temperature")},
         "teacher": {"provider": spec.teacher.provider, "model": spec.teacher.model, "few_shot": spec.teacher.few_shot,
                     "chain_of_thought": spec.teacher.chain_of_thought},
         "student": {"model": spec.student.model, "method": spec.student.method},
@@ -135,12 +137,22 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _labels_phrase(targets: dict[str, Any]) -> str:
+    """How the labels were learnt: hard labels, or the teacher's soft distribution (train.targets)."""
+    kind = targets.get("labels") or "hard"
+    if kind == "hard":
+        return "hard labels (train.targets=hard)"
+    return (f"{kind} labels (train.targets={kind}, KL weight {targets.get('kd_weight')}, "
+            f"temperature {targets.get('kd_temperature')})")
+
+
 def _eval_line(report: dict[str, Any]) -> str:
     ev = report.get("evaluation", {})
     targets = report.get("targets") or {}
     method = ev.get("method", {}).get("student_base")
     parts = [f"Student answers {method}" if method else "Student answers evaluated",
-             "trained on " + ("rationale + answer" if targets.get("rationales_in_targets") else "answer-only") + " targets"]
+             "trained on " + ("rationale + answer" if targets.get("rationales_in_targets") else "answer-only") + " targets",
+             _labels_phrase(targets)]
     unread = {n: e for n, e in (ev.get("unreadable") or {}).items() if e}
     if unread:
         parts.append("unreadable answers: " + "; ".join(f"{n} " + ", ".join(f"{v} {k}" for k, v in e.items()) for n, e in unread.items()))

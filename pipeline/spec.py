@@ -135,6 +135,10 @@ class TrainSpec(_Strict):
     merge: bool = False  # also write a merged full model (student/merged)
     workers: int = Field(1, ge=1, le=1024)  # data-parallel training processes (GPUs); > 1 trains with Ray Train (docs/ray.md)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: far less memory, ~30 % slower
+    targets: Literal["hard", "soft", "mixed"] = "hard"  # closed sets: learn the teacher's label (hard), its option
+    # distribution (soft: KL only) or both (mixed: (1 - kd_weight) * cross-entropy + kd_weight * KL); pipeline/kd.py
+    kd_weight: float = Field(0.5, ge=0.0, le=1.0)  # mixed: the KL share of the loss
+    kd_temperature: float = Field(1.0, gt=0.0, le=20.0)  # softens both distributions; the KL is scaled by T^2
 
 
     @model_validator(mode="after")

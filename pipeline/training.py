@@ -29,6 +29,7 @@ from .batching import collate, encode_pairs, epoch_batches, split_rows, supervis
 from .checkpoints import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .errors import Cancelled, TrainingError
 from .jsonl import jsonl_lines
+from .kd import KDLoss, encode_kd, require_soft
 from .progress import ProgressFn, Tracker
 from .runlock import holds_run_lock
 from .targets import student_reasons, training_pairs
@@ -54,6 +55,9 @@ class TrainSummary:
     stopped_early: bool = False
     fingerprint: str = ""
     workers: int = 1  # data-parallel processes (train.workers; > 1: Ray Train, pipeline/distributed.py)
+    targets: str = "hard"  # train.targets: hard | soft | mixed (soft labels, pipeline/kd.py)
+    kd_weight: float | None = None  # the KL share of the loss (soft: 1.0; hard: None)
+    kd_temperature: float | None = None
 
 
 def read_labelled(out: Path) -> list[dict[str, Any]]:
@@ -77,7 +81,8 @@ def run_fingerprint(spec, labels_path: Path) -> str:
     """A hash of everything that changes the trained weights: labels file, student and training settings."""
     digest = hashlib.sha256(labels_path.read_bytes()).hexdigest()
     student = spec.student.model_dump(mode="json", exclude={"device"})
-    training = spec.train.model_dump(mode="json", exclude={"merge", "checkpoint_every"})
+    unused = {"targets", "kd_weight", "kd_temperature"} if spec.train.targets == "hard" else set()  # hard: as before
+    training = spec.train.model_dump(mode="json", exclude={"merge", "checkpoint_every"} | unused)
     blob = json.dumps({"labels": digest, "student": student, "train": training}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -215,12 +220,17 @@ def train(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
     device = check_student(spec)
     records = read_labelled(out)
     pairs = training_pairs(spec, records)  # refuses labels written for another train.rationale
+    kd = KDLoss.from_spec(cfg)  # None: hard targets, today's loss
+    if kd is not None:
+        require_soft(records)
     fingerprint = run_fingerprint(spec, out / "labels.jsonl")
     done = _finished(out, fingerprint)
     if done is not None:
         if cfg.merge and not (out / "student" / "merged").is_dir():
             _write_merged(spec, out / "student", device)
         return done
+    if cfg.workers > 1 and kd is not None:
+        raise TrainingError("train.targets=soft|mixed trains in one process for now; set train.workers=1 or train.targets=hard.")
     if cfg.workers > 1:  # data parallel on Ray Train, same recipe (pipeline/distributed.py)
         from .distributed import train_distributed
 
@@ -238,7 +248,10 @@ def train(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     # 3. tokenize, hold out the validation share, plan the steps
-    rows = encode_pairs(pairs, tokenizer, render_chat, cfg.max_seq_len)
+    if kd is not None:  # every option of a row encoded, with the teacher's distribution over them
+        rows = encode_kd(records, pairs, tokenizer, render_chat, cfg.max_seq_len)
+    else:
+        rows = encode_pairs(pairs, tokenizer, render_chat, cfg.max_seq_len)
     train_rows, val_rows = split_rows(rows, cfg.val_share, cfg.seed)
     lengths = [r.length for r in train_rows]
     micro_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
@@ -285,6 +298,12 @@ def train(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
         n_target = sum(r.n_target for mb in micro for r in mb)
         step_loss = 0.0
         for mb in micro:
+            if kd is not None:  # (1 - w) * CE + w * KL, each micro-batch's share of the step (pipeline/kd.py)
+                loss, value = kd.micro_loss(model, mb, pad_id, device, n_target, sum(len(m) for m in micro))
+                loss.backward()
+                step_loss += value * n_target  # history divides by n_target below
+                tokens += sum(e.length for r in mb for e in r.options)
+                continue
             batch = collate(mb, pad_id, device)
             loss_sum, _ = supervised_loss(model, batch)
             (loss_sum / n_target).backward()
@@ -298,7 +317,7 @@ def train(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
         seconds += time.perf_counter() - t0
         history.append({"step": step, "loss": step_loss / n_target})
         if val_rows and (step % cfg.eval_every == 0 or step == total_steps):
-            val = _val_loss(model, val_rows, pad_id, device, cfg.batch_size)
+            val = _val_loss(model, [r.hard for r in val_rows] if kd else val_rows, pad_id, device, cfg.batch_size)  # hard CE
             val_history.append({"step": step, "loss": val})
             if val < best_loss:
                 best_loss, bad_checks = val, 0
@@ -320,7 +339,8 @@ def train(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
         examples=len(train_rows), steps=step, seconds=round(seconds, 3), tokens_per_second=tokens / max(seconds, 1e-9),
         final_loss=history[-1]["loss"] if history else None, loss_history=history, val_losses=val_history,
         method=spec.student.method, device=device, val_examples=len(val_rows), resumed_from=resumed_from,
-        stopped_early=stopped_early, fingerprint=fingerprint, workers=1)
+        stopped_early=stopped_early, fingerprint=fingerprint, workers=1, targets=cfg.targets,
+        kd_weight=None if kd is None else kd.weight, kd_temperature=None if kd is None else kd.temperature)
     _save_student(spec, model, tokenizer, device)
     _write_json(out / "training.json", asdict(summary))
     write_model_card(spec)

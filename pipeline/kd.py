@@ -1,0 +1,160 @@
+"""Soft-label distillation on closed answer sets: the teacher's option distribution becomes a KL term in the loss.
+
+    kd = KDLoss.from_spec(spec.train)            # None for hard targets (today's loss, computed by today's code)
+    rows = encode_kd(records, pairs, tokenizer, render_chat, max_seq_len)   # one KDRow per labelled row
+    loss, value = kd.micro_loss(model, rows, pad_id, device, n_target, n_rows)   # backward() the loss
+    kl_sum = option_kl(student_scores, teacher_probs, temperature)             # pure: the KD term
+
+Labels: labels.jsonl rows carry `soft: {option: prob}` (pipeline/judging.py: scored option probabilities of a local
+teacher, or self-consistency vote shares), over every option of the row.
+
+The student's distribution over a row's options: the SUMMED log-probability of each option's answer tokens after
+the student prompt (the end-of-turn token excluded), softmaxed over the options. These are exactly the numbers
+evaluation ranks the options by (pipeline/scoring.score_options), so KD shapes the decision the student is scored
+on; the sum is exact for labels of several tokens and equals the first token's log-probability when every option
+is one token (the usual case), so no special case is needed. Each option is one sequence (K options: K rows through
+the model per labelled row); the LM head still runs only at supervised positions (batching.target_logits).
+
+Loss of one optimizer step (grad_accum micro-batches together):
+    (1 - w) * CE + w * KL,   CE = today's cross-entropy summed over the hard label's target tokens (end-of-turn
+    included) / target tokens in the step;  KL = sum over rows of T^2 * KL(p_teacher^(T) || q_student^(T)) / rows
+    in the step;  w = train.kd_weight (mixed) or 1 (soft);  T = train.kd_temperature, p^(T) = p^(1/T) renormalised.
+With w = 0 (or train.targets=hard) training does not come here at all: the loss is today's, bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .batching import Encoded, collate, encode_pairs, target_logits
+from .errors import TrainingError
+from .tasks import format_target
+
+__all__ = ["KDRow", "KDLoss", "encode_kd", "require_soft", "option_kl", "option_scores"]
+
+
+@dataclass
+class KDRow:
+    """One labelled row for soft-label training: every option encoded after the same prompt."""
+
+    options: list[Encoded]  # one sequence per option (prompt + option + end-of-turn)
+    label_index: int  # the teacher's hard label among them
+    probs: list[float]  # the teacher's distribution over the options (sums to 1)
+
+    @property
+    def hard(self) -> Encoded:
+        return self.options[self.label_index]
+
+    @property
+    def length(self) -> int:
+        return self.hard.length
+
+    @property
+    def n_target(self) -> int:
+        return self.hard.n_target
+
+
+def encode_kd(records: list[dict[str, Any]], pairs: list[tuple[list[dict[str, str]], str, float]], tokenizer,
+              render: Callable[..., str], max_seq_len: int) -> list[KDRow]:
+    """KDRows from labels.jsonl records and their training pairs; TrainingError when rows have no `soft` label."""
+    require_soft(records)
+    rows = []
+    for rec, (prompt, target, weight) in zip(records, pairs):
+        soft = {str(k): float(v) for k, v in rec["soft"].items()}
+        label = str(rec.get("label"))
+        if label not in soft or target != format_target(label, None, False):
+            raise TrainingError(f"labelled row {rec.get('row')} has a target other than one of its options; soft targets need "
+                                "answer-only targets (train.rationale=none) from `distillery label`.")
+        options = list(soft)
+        total = sum(max(v, 0.0) for v in soft.values()) or 1.0
+        enc = encode_pairs([(prompt, target if o == label else format_target(o, None, False), weight) for o in options],
+                           tokenizer, render, max_seq_len)
+        rows.append(KDRow(enc, options.index(label), [max(soft[o], 0.0) / total for o in options]))
+    return rows
+
+
+def require_soft(records: list[dict[str, Any]]) -> None:
+    """TrainingError unless every labelled row carries a soft label."""
+    missing = sum(1 for rec in records if not rec.get("soft"))
+    if missing:
+        raise TrainingError(f"{missing} of {len(records)} labelled rows have no soft label (`soft`); soft targets need a closed "
+                            "answer set labelled by the local teacher or with teacher.self_consistency > 1; use train.targets=hard.")
+
+
+def option_scores(token_logp, seq_ids, answer_mask, n_seq: int):
+    """Summed log-probability per sequence over its answer tokens (flat per-token tensors, collate order)."""
+    import torch
+
+    sums = torch.zeros(n_seq, dtype=token_logp.dtype, device=token_logp.device)
+    return sums.index_add(0, seq_ids[answer_mask], token_logp[answer_mask])
+
+
+def option_kl(student_scores, teacher_probs, temperature: float = 1.0, mask=None):
+    """Sum over rows of T^2 * KL(teacher^(T) || softmax(student_scores / T)), options outside `mask` ignored.
+
+    student_scores: [rows, K] log-likelihoods (any scale); teacher_probs: [rows, K] probabilities (0 allowed).
+    """
+    import torch
+
+    if mask is None:
+        mask = torch.ones_like(teacher_probs, dtype=torch.bool)
+    t = float(temperature)
+    scores = (student_scores / t).masked_fill(~mask, -1e9)
+    q_log = torch.log_softmax(scores, dim=-1)
+    p = teacher_probs.clamp_min(0).masked_fill(~mask, 0.0) ** (1.0 / t)
+    p = p / p.sum(dim=-1, keepdim=True)
+    kl = torch.xlogy(p, p) - p * q_log.masked_fill(~mask, 0.0)
+    return kl.sum() * (t * t)
+
+
+@dataclass
+class KDLoss:
+    """The mixed loss of train.targets=soft|mixed (see the module docstring)."""
+
+    weight: float  # the KL share w
+    temperature: float
+
+    @classmethod
+    def from_spec(cls, train) -> "KDLoss | None":
+        """None when the loss is plain cross-entropy (targets hard, or mixed with kd_weight 0)."""
+        targets = getattr(train, "targets", "hard")
+        if targets == "hard" or (targets == "mixed" and train.kd_weight == 0):
+            return None
+        return cls(1.0 if targets == "soft" else float(train.kd_weight), float(train.kd_temperature))
+
+    def terms(self, model, rows: list[KDRow], pad_id: int, device: Any = "cpu"):
+        """(CE summed over the hard labels' target tokens, KL summed over rows) of one micro-batch."""
+        import torch
+        import torch.nn.functional as F
+
+        seqs = [e for r in rows for e in r.options]
+        batch = collate(seqs, pad_id, device)
+        token_logp = -F.cross_entropy(target_logits(model, batch), batch["targets"], reduction="none")
+        answer, hard = [], []
+        for r in rows:
+            for k, e in enumerate(r.options):
+                answer += [True] * (e.n_target - 1) + [False]  # the option's tokens, not its end-of-turn
+                hard += [k == r.label_index] * e.n_target
+        answer_mask = torch.tensor(answer, device=token_logp.device)
+        hard_mask = torch.tensor(hard, device=token_logp.device)
+        per_seq = option_scores(token_logp, batch["rows"], answer_mask, len(seqs))
+        width = max(len(r.options) for r in rows)
+        scores = torch.zeros((len(rows), width), dtype=per_seq.dtype, device=per_seq.device)
+        probs = torch.zeros((len(rows), width), dtype=torch.float32, device=per_seq.device)
+        mask = torch.zeros((len(rows), width), dtype=torch.bool, device=per_seq.device)
+        i = 0
+        for b, r in enumerate(rows):
+            k = len(r.options)
+            scores[b, :k] = per_seq[i:i + k]
+            probs[b, :k] = torch.tensor(r.probs)
+            mask[b, :k] = True
+            i += k
+        ce_sum = -token_logp[hard_mask].sum()
+        return ce_sum, option_kl(scores, probs, self.temperature, mask)
+
+    def micro_loss(self, model, rows: list[KDRow], pad_id: int, device: Any, n_target: int, n_rows: int):
+        """(this micro-batch's share of the step loss, to backward; its value as a float)."""
+        ce_sum, kl_sum = self.terms(model, rows, pad_id, device)
+        loss = (1.0 - self.weight) * ce_sum / n_target + self.weight * kl_sum / n_rows
+        return loss, float(loss.detach())
