@@ -232,6 +232,9 @@ def report_message(run_id: str, report: dict[str, Any]) -> dict[str, Any]:
     """The final report: the three scores as a table, gap closed, labelling and training figures, the adapter."""
     gap = report.get("gap_closed")
     gap_text = "n/a" if gap is None else f"{gap * 100:.0f} %"
+    if report.get("gap_within_noise"):  # a percentage of noise means nothing (pipeline/report.py)
+        gap_text = "not meaningful (the teacher-base gap is within noise on this test size)"
+    warnings = [str(w) for w in report.get("warnings") or []]
     lab = report.get("labelling") or {}
     tr = report.get("training") or {}
     ev = report.get("evaluation") or {}
@@ -240,7 +243,8 @@ def report_message(run_id: str, report: dict[str, Any]) -> dict[str, Any]:
     metric = report.get("metric")
     headline = (f"Run `{run_id}` is done: the distilled student scores {_score(scores.get('student_distilled'), metric)} "
                 f"vs {_score(scores.get('student_base'), metric)} before and {_score(scores.get('teacher'), metric)} "
-                f"for the teacher; gap closed {gap_text}.")
+                f"for the teacher; gap closed {gap_text}."
+                + "".join(f"\nWarning: {w}" for w in warnings))
     labelling = (f"{lab.get('accepted', 0)} of {lab.get('requested', 0)} rows accepted, {lab.get('rejected', 0)} rejected; "
                  f"{format_count(lab.get('prompt_tokens', 0))} prompt + {format_count(lab.get('completion_tokens', 0))} "
                  f"completion tokens, {_money(lab.get('cost_usd'))}")
@@ -252,6 +256,7 @@ def report_message(run_id: str, report: dict[str, Any]) -> dict[str, Any]:
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*Run `{run_id}` is done* ({report.get('task', '?')}, "
                                                                f"{ev.get('examples', '?')} test rows)"}},
         {"type": "section", "text": {"type": "mrkdwn", "text": _scores_table(report)}},
+        *[{"type": "section", "text": {"type": "mrkdwn", "text": f":warning: *Warning:* {w}"[:2900]}} for w in warnings],
         *_fields([("Gap closed", f"{gap_text}  _(distilled - base) / (teacher - base)_"),
                   ("Labelling", labelling), ("Training", training),
                   ("Adapter", f"`{paths.get('adapter', '?')}`")]),

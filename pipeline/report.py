@@ -18,7 +18,7 @@ from typing import Any
 
 from .targets import rationale_mode, student_reasons
 
-__all__ = ["build_report", "render_markdown", "write_report", "gap_closed"]
+__all__ = ["build_report", "render_markdown", "write_report", "gap_closed", "outcome_warnings", "gap_text"]
 
 ORDER = ("teacher", "student_base", "student_distilled")
 
@@ -47,16 +47,60 @@ def unreadable_warnings(results: dict[str, Any]) -> list[str]:
     return out
 
 
+# warnings about the outcome (issue 10): a teacher no better than the base, a student made worse ---------------
+
+NOISE_SE = 2.0  # a teacher-base gap within this many binomial standard errors is noise
+
+
+def _noise(teacher: float, base: float, n: int) -> float:
+    from .pilot import standard_error
+
+    return NOISE_SE * (standard_error(teacher, n) ** 2 + standard_error(base, n) ** 2) ** 0.5
+
+
+def outcome_warnings(scores: dict[str, Any], n: int) -> tuple[list[str], bool]:
+    """(warning sentences with the likely cause, whether the teacher-base gap is within noise) for a finished run."""
+    t, b, d = scores.get("teacher"), scores.get("student_base"), scores.get("student_distilled")
+    warnings: list[str] = []
+    if t is None or b is None or not n:
+        return warnings, False
+    noise = _noise(t, b, n)
+    within = abs(t - b) <= noise
+    weak = t - b <= noise
+    if weak:
+        warnings.append(f"the teacher ({t * 100:.1f}) was not clearly better than the base student ({b * 100:.1f}) on {n} test rows, "
+                        "so distillation had little to teach; try more shots (teacher.few_shot=16), chain of thought "
+                        "(teacher.chain_of_thought=true) or a stronger teacher profile.")
+    if d is not None and d < b:
+        cause = ("its teacher was no better than it, so the labels taught it the teacher's mistakes" if weak else
+                 "the labels or the training hurt it (few accepted rows, too many epochs or too high a learning rate); "
+                 "check rejected.jsonl and the loss curve")
+        warnings.append(f"the distilled student ({d * 100:.1f}) scores below its base ({b * 100:.1f}): {cause}.")
+    return warnings, within
+
+
+def gap_text(report: dict[str, Any]) -> str:
+    """"75 %", "n/a", or words when the teacher-base gap is within noise (a percentage of noise means nothing)."""
+    if report.get("gap_within_noise"):
+        return "not meaningful (the teacher-base gap is within noise on this test size)"
+    gap = report.get("gap_closed")
+    return "n/a" if gap is None else f"{gap * 100:.0f} %"
+
+
 def build_report(spec, labelling: dict[str, Any], training: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
     results = evaluation.get("results", {})
     metric = next((r.get("metric") for r in results.values() if r.get("metric")), None)
     scores = {name: (results[name]["score"] if name in results else None) for name in ORDER}
     out = Path(spec.out)
+    examples = max((r.get("examples", 0) for r in results.values()), default=0)
+    warnings, within_noise = outcome_warnings(scores, examples)
     return {
         "task": spec.task,
         "metric": metric,
         "scores": scores,
         "gap_closed": gap_closed(scores["teacher"], scores["student_base"], scores["student_distilled"]),
+        "gap_within_noise": within_noise,
+        "warnings": warnings,
         "all_scores": {name: results[name].get("scores", {}) for name in ORDER if name in results},
         "labelling": {
             "requested": labelling.get("requested", 0),
@@ -110,7 +154,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     metric = report.get("metric") or "score"
     s = report["scores"]
     lab, tr = report["labelling"], report["training"]
-    gap = report.get("gap_closed")
     lines = [
         f"# Distillation report: {report['task']}",
         "",
@@ -123,7 +166,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| student_base | {_fmt(s.get('student_base'), metric)} |",
         f"| student_distilled | {_fmt(s.get('student_distilled'), metric)} |",
         "",
-        f"Gap closed: {'n/a' if gap is None else f'{gap * 100:.0f} %'} (distilled - base) / (teacher - base), on {report['evaluation']['examples']} test rows.",
+        f"Gap closed: {gap_text(report)} (distilled - base) / (teacher - base), on {report['evaluation']['examples']} test rows.",
+        *[f"**Warning:** {w}" for w in report.get("warnings") or []],
         _eval_line(report),
         "",
         f"Labelling: {lab['accepted']} of {lab['requested']} rows accepted, {lab['rejected']} rejected"
