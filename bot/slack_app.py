@@ -35,7 +35,7 @@ from skills.uploads import UploadStore
 from . import commands
 from .app_home import publish_home
 from .blocks import CANCEL_ACTION, START_ACTION
-from .slack_files import FileRequests, SlackFiles
+from .slack_files import COLUMNS_ACTION, FileRequests, SlackFiles
 from .slack_flow import SlackFlow
 from .slack_out import SafeWebClient, mention
 from .slack_store import SlackStore
@@ -220,6 +220,11 @@ def create_app(config: SlackConfig | None = None, agent=None, registry=None, pla
     app.event("app_mention")(ack=ack_now, lazy=[on_mention])
     app.event("message")(ack=ack_now, lazy=[on_message])
     app.command(DISTILL_COMMAND)(ack=ack_now, lazy=[on_command])
+    async def on_columns_click(body: dict) -> None:  # the column question's button: the same as replying its value
+        channel, thread_ts, user = _where(body)
+        await flow.on_request(channel, thread_ts, user, body["actions"][0]["value"], team=_team(body, {}))
+
+    app.action(COLUMNS_ACTION)(ack=ack_now, lazy=[on_columns_click])
     app.action(START_ACTION)(ack=ack_now, lazy=[on_start_click])
     app.action(CANCEL_ACTION)(ack=ack_now, lazy=[on_cancel_click])
 

@@ -31,7 +31,7 @@ from skills.uploads import Upload, UploadStore, safe_name
 
 from . import commands
 
-__all__ = ["SlackFiles", "FileRequests", "FileRefused", "phrase_refers_to_a_file", "replace_file_phrase", "SLACK_FILE_HOST", "DATA_SUFFIXES",
+__all__ = ["SlackFiles", "FileRequests", "COLUMNS_ACTION", "FileRefused", "phrase_refers_to_a_file", "replace_file_phrase", "SLACK_FILE_HOST", "DATA_SUFFIXES",
            "max_file_bytes", "max_upload_bytes", "zip_adapter"]
 
 log = logging.getLogger("distillery.slack")
@@ -247,6 +247,7 @@ class SlackFiles:
 
 _COLUMN_ANSWER = re.compile(r"\btext\s*(?:=|:|is)\s*`?([^\s`,;]+)`?.*?\blabel\s*(?:=|:|is)\s*`?([^\s`,;]+)`?", re.I | re.S)
 _VERB = "|".join(commands.DISTILL_WORDS)  # the one vocabulary (bot/commands.py)
+COLUMNS_ACTION = "distill_columns"  # the button under the column question
 _DISTILL_START = re.compile(rf"^\s*({_VERB})\b", re.I)
 
 
@@ -255,6 +256,16 @@ class FileRequests:
 
     def __init__(self, files: SlackFiles):
         self.files, self.uploads = files, files.uploads
+        self.guesses: dict[str, str] = {}  # conversation -> "text=COL label=COL" offered as a button
+
+    def question_blocks(self, conversation: str, question: str) -> list[dict[str, Any]] | None:
+        """The column question with a button for the guess (its value is the reply it stands for)."""
+        guess = self.guesses.get(conversation)
+        if not guess:
+            return None
+        return [{"type": "section", "text": {"type": "mrkdwn", "text": question[:2900]}},
+                {"type": "actions", "elements": [{"type": "button", "action_id": COLUMNS_ACTION, "value": guess,
+                                                  "text": {"type": "plain_text", "text": f"Use {guess}"[:75]}}]}]
 
     def saw(self, team: str, channel: str, user: str | None, thread_ts: str | None, files: list[dict[str, Any]]) -> None:
         """Remember files shared in a conversation (for a later "this dataset" / "the file above")."""
@@ -290,6 +301,8 @@ class FileRequests:
             return text, str(err)
         if not guess["decided"] and not upload.fields:
             self.uploads.ask(conversation, upload.team, upload.file_id, text)
+            if guess.get("text") and guess.get("label"):
+                self.guesses[conversation] = f"text={guess['text']} label={guess['label']}"
             return text, _question(upload, guess)
         return _about(text, upload.name), None
 

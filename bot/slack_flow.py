@@ -114,9 +114,11 @@ class SlackFlow:
         if self.file_requests is not None:  # an attached file, or "this dataset": it becomes the dataset (bot/slack_files.py)
             text, reply = await self.file_requests.prepare(team, channel, thread_ts, user, text, files or [])
             if reply:
+                question = None
                 if self.file_requests.uploads.pending(f"{channel}:{thread_ts}"):
                     self.store.link_thread(channel, thread_ts)  # the answer may come without a mention
-                await self.post(channel, thread_ts, reply)
+                    question = self.file_requests.question_blocks(f"{channel}:{thread_ts}", reply)
+                await self.post(channel, thread_ts, reply, question)
                 return
         text = text or "help"
         thread = self.store.thread(channel, thread_ts) or {}

@@ -320,3 +320,20 @@ def test_distillery_slack_runs_an_embedded_worker_and_no_worker_turns_it_off(sla
             proc.terminate()
             output = proc.communicate(timeout=60)[0]
         assert reg.live_workers() == [], output[-2000:]  # stopping the bot stops its worker
+
+
+def test_the_column_question_has_a_button_for_the_guess(env):
+    slack = env.slack
+    slack.add_file("F0TAGS", "tags.csv", reviews_csv(80, columns=("body", "tag")), channels=["C1"])
+    with AppServer(env.make_app(agent=None)) as server:
+        thread = "1690000013.000100"
+        _attach(server, slack, "F0TAGS", "C1", thread, text="distill this dataset into gemma-3-270m")
+        question = slack.wait_for(lambda: posts(slack, "which column of tags.csv is the text"), what="the question")[0]
+        button = next(e for b in question["blocks"] if b["type"] == "actions" for e in b["elements"])
+        assert button["action_id"] == "distill_columns" and button["value"] == "text=body label=tag"
+        assert server.post_action("distill_columns", button["value"], "UASK", "C1", thread, thread) == 200
+        card = slack.wait_for(lambda: posts(slack, "distill_start"), what="the plan card")[0]
+    plan_id = next(e["value"] for b in card["blocks"] if b["type"] == "actions" for e in b["elements"]
+                   if e["action_id"] == "distill_start")
+    assert env.plans.get(plan_id).spec["dataset"]["fields"] == {"text": "body", "label": "tag"}
+    assert card["thread_ts"] == thread
