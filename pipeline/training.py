@@ -417,7 +417,10 @@ def write_model_card(spec) -> Path:
              f"- task: {spec.task or 'detected from the dataset'}; labels: {', '.join(spec.labels) if spec.labels else 'n/a'}",
              f"- dataset: {spec.dataset.train or 'n/a'}; labelled rows trained on: {training.get('examples', '?')}"
              f" (validation: {training.get('val_examples', 0)})",
-             f"- rationales in targets: {'yes' if student_reasons(spec) else 'no (answer only)'}", "", "## Hyperparameters", "",
+             f"- rationales in targets: {'yes' if student_reasons(spec) else 'no (answer only)'}",
+             f"- label targets: {training.get('targets', 'hard')}" + (f" (KL weight {training.get('kd_weight')}, temperature "
+                                                                       f"{training.get('kd_temperature')})" if training.get('kd_weight') else ""),
+             "", "## Hyperparameters", "",
              f"- method {s.method}" + (f", LoRA rank {s.lora.rank}, alpha {s.lora.alpha}, dropout {s.lora.dropout}, "
                                        f"target modules {s.lora.target_modules}" if adapter else ""),
              f"- learning rate {t.learning_rate}, epochs {t.epochs}, max steps {t.max_steps}, batch size {t.batch_size}, "

@@ -198,6 +198,7 @@ def test_mixed_training_learns_and_records_its_targets(tiny_model, tmp_path):
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
     saved = json.loads((tmp_path / "mixed" / "training.json").read_text())
     assert (saved["targets"], saved["kd_weight"], saved["kd_temperature"]) == ("mixed", 0.5, 2.0)
+    assert "label targets: mixed (KL weight 0.5, temperature 2.0)" in (tmp_path / "mixed" / "student" / "README.md").read_text()
     hard = train(make_spec(tmp_path / "hard", tiny_model, rows, max_steps=12))
     assert hard.targets == "hard" and hard.kd_weight is None and hard.fingerprint != summary.fingerprint
 
@@ -223,3 +224,17 @@ def test_distillery_run_with_mixed_targets_and_a_local_teacher(tiny_model, tmp_p
     report = json.loads((out / "report.json").read_text())
     assert report["targets"]["labels"] == "mixed" and report["targets"]["kd_weight"] == 0.7
     assert "mixed labels (train.targets=mixed, KL weight 0.7" in (out / "report.md").read_text()
+
+
+def test_plan_notes_say_when_soft_targets_cannot_work():
+    from pipeline.targets import spec_notes
+
+    def notes(*overrides):
+        return " ".join(spec_notes(load_spec(None, ["dataset.train=x.jsonl", *overrides])))
+
+    assert "hard labels only" in notes("task=classification", "teacher.provider=openai", "teacher.model=m", "train.targets=mixed")
+    assert "closed answer sets" in notes("task=summarization", "train.targets=soft")
+    assert "train.targets" not in notes("task=classification", "teacher.provider=local", "train.targets=mixed")
+    assert "train.targets" not in notes("task=classification", "teacher.provider=openai", "teacher.model=m", "train.targets=mixed",
+                                        "teacher.self_consistency=3")
+    assert "train.targets" not in notes("task=classification", "teacher.provider=openai", "teacher.model=m")
