@@ -264,11 +264,13 @@ def _pick_teacher(teacher: str | None, student: ModelEntry, profiles: Profiles) 
 
 def plan_distillation(dataset: str, student: str | None = None, teacher: str | None = None, task: str | None = None,
                       rows: int | None = None, overrides: Any = None, requested_by: Any = None, *,
-                      plans: PlanStore | None = None) -> Plan:
+                      plans: PlanStore | None = None, pilot: bool = False) -> Plan:
     """Validate a request from chat against the allow-list, resolve defaults, estimate, and store a plan.
 
     Every caller of this function is a front door (Slack, the agent, MCP): overrides pass skills.policy first,
     the teacher is an operator's profile, and the summary is read back from the final validated spec.
+    pilot=True labels a few gold rows first (pipeline/pilot.py; free for the local teacher) and puts the teacher's
+    agreement with gold and the base student's score on the card; without it the card says what a pilot costs.
     """
     plans = plans or PlanStore()
     chat_keys = chat_overrides(overrides)  # first: nothing a refused key names is ever read
@@ -286,7 +288,7 @@ def plan_distillation(dataset: str, student: str | None = None, teacher: str | N
     hw = deployment_hardware()  # the Ray cluster when one is configured
     gpus = gpus_to_use(student_entry, hw)
     # 3. the spec: defaults, then the allowed overrides; validated once, and everything below reads it
-    wanted_rows = int(rows) if rows else min(len(records), DEFAULT_ROWS)
+    wanted_rows = int(rows) if rows else (DEFAULT_ROWS if len(records) > DEFAULT_ROWS else None)  # None: all, as the CLI
     data: dict[str, Any] = {
         "task": task,
         "labels": labels,
@@ -302,13 +304,15 @@ def plan_distillation(dataset: str, student: str | None = None, teacher: str | N
     trainable = len(records) - (test["rows"] if test["source"] == "held_out" else 0)
     if (spec.dataset.train_size or len(records)) > trainable:
         spec.dataset.train_size = trainable  # the held-out rows are never labelled
-    rows_final = spec.dataset.train_size or trainable
-    # 4. estimate, hardware, notes
+    # 4. estimate, the teacher pilot, hardware, notes
     est = _estimate(spec)
+    spec, pilot_facts, pilot_notes = _pilot(spec, pilot, est)
+    trainable -= pilot_facts.get("rows", 0) if pilot_facts.get("set_aside") else 0
+    rows_final = min(spec.dataset.train_size or trainable, trainable)
     runnable, why = can_train(student_entry, method, hw) if student_entry.params_b else (True, "custom student; size unknown")
     if teacher_block:
         runnable, why = False, teacher_block if runnable else f"{why} Also, {teacher_block}"
-    notes = [n for n in (label_note,) if n] + teacher_notes + spec_notes(spec)
+    notes = [n for n in (label_note,) if n] + teacher_notes + spec_notes(spec) + pilot_notes
     if others:
         notes.append(f"'{student}' also matches {', '.join(e.id for e in others)}; say which if you prefer another.")
     key_env = spec.teacher.api_key_env
@@ -337,8 +341,43 @@ def plan_distillation(dataset: str, student: str | None = None, teacher: str | N
         "hardware_here": hw.describe(), "runs_on": hw.describe() if hw.extra.get("ray") else "this deployment's worker",
         "gpus": spec.train.workers if hw.gpu else 0, "runnable": runnable, "why": why, "alternatives": alternatives,
         "expected_minutes": _expected_minutes(student_entry, rows_final, spec.train.epochs, hw.gpu), "notes": notes,
+        "pilot": pilot_facts,
     }
     return plans.create(spec.model_dump(mode="json"), summary, _who(requested_by))
+
+
+def _pilot(spec, run: bool, est: dict[str, Any]) -> tuple[Any, dict[str, Any], list[str]]:
+    """(spec, the card's pilot facts, notes): the pilot's rows stay set aside in the spec once it ran."""
+    from uuid import uuid4
+
+    from pipeline import pilot as pilots
+    from pipeline.home import distillery_home
+
+    probe = spec
+    if spec.dataset.pilot_size is None and not pilots.selects_cue(spec):
+        probe = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"pilot_size": pilots.DEFAULT_PILOT})})
+    rows = len(pilots.pilot_rows(probe))
+    if not rows:
+        return spec, {"status": "not possible"}, []
+    local = spec.teacher.provider == "local"
+    cost = 0.0 if local else round(est.get("cost_usd", 0.0) / max(est.get("rows") or 1, 1) * rows, 4)
+    price = "free: the local teacher" if local else f"about {_money(cost)} of teacher tokens"
+    set_aside = pilots.pilot_size(spec) > 0
+    if not run:
+        return spec, {"status": "not run", "rows": rows, "cost_usd": cost, "set_aside": set_aside}, [
+            f"teacher pilot not run: ask for a pilot (pilot=true) to label {rows} gold rows first and see the teacher's "
+            f"agreement with gold and the base student's score ({price})."]
+    folder = distillery_home() / "pilots" / uuid4().hex[:12]  # the pilot's own answer cache; never a run folder
+    result = pilots.run_pilot(probe.model_copy(update={"out": str(folder)}))
+    facts = {**result, "cost_usd": cost, "set_aside": True}
+    if result.get("status") != "done":
+        return spec, facts, [f"teacher pilot: {result.get('why', 'not possible')}."]
+    cue = f", answer cue {result['answer_cue']}" if local and result.get("answer_cue") else ""
+    notes = [f"teacher pilot on {rows} gold rows (kept out of training and test{cue}): the teacher agrees with gold on "
+             f"{result['teacher'] * 100:.0f} %, the base student scores {result['student_base'] * 100:.0f} %."]
+    if result.get("warning"):
+        notes.append("Warning: " + result["warning"])
+    return probe, facts, notes
 
 
 def start_plan(plan_id: str, requested_by: Any = None, *, plans: PlanStore | None = None,

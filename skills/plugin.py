@@ -131,10 +131,11 @@ class DistillationPlugin:
         task: Annotated[str, "classification, nli, multiple_choice, math, summarization or chat; empty to detect"] = "",
         rows: Annotated[int, "how many training rows to label; 0 for the default"] = 0,
         overrides: Annotated[str, "optional space-separated key=value knobs, e.g. 'train.epochs=1 teacher.few_shot=4' (endpoints, keys, providers, paths, instructions and out are the operator's and are refused)"] = "",
+        pilot: Annotated[bool, "label a few gold rows first and show the teacher's agreement and the base student's score (free for the local teacher; costs a few cents for an API teacher)"] = False,
     ) -> str:
         try:
             plan = ops.plan_distillation(dataset, student or None, teacher or None, task or None, rows or None,
-                                         overrides or None, self._who(), plans=self.plans)
+                                         overrides or None, self._who(), plans=self.plans, pilot=bool(pilot))
         except DistilleryError as err:
             return _sentence(err)
         turn = current_turn.get()

@@ -81,7 +81,8 @@ def test_a_dataset_without_a_test_file_plans_held_out_test_rows(tmp_path, monkey
     plan = ops.plan_distillation("movie_reviews", "gemma-3-270m", None)
     assert plan.spec["dataset"]["test"] is None and plan.spec["labels"] == ["negative", "positive"]
     assert plan.summary["test"] == "testing on 24 rows held out from movie_reviews.csv"
-    assert plan.summary["rows"] == 72 and plan.spec["dataset"]["train_size"] == 72  # the held-out rows are never labelled
+    # the held-out rows are never labelled, nor the 9 gold pilot rows the answer cue is chosen on (pipeline/pilot.py)
+    assert plan.summary["rows"] == 63 and plan.spec["dataset"]["train_size"] == 72 and plan.summary["pilot"]["rows"] == 9
     assert "testing on 24 rows held out from movie_reviews.csv" in ops.plan_text(plan)
     from bot.blocks import plan_card
 
