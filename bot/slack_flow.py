@@ -302,9 +302,11 @@ class SlackFlow:
         msg = blocks.report_message(rec.id, report)
         await self.post(channel, thread_ts, msg["text"], msg["blocks"])
         chart = (report.get("paths") or {}).get("report_png") or (rec.paths or {}).get("report_png")
-        if chart and Path(chart).is_file():
-            await self.client.files_upload_v2(channel=channel, thread_ts=thread_ts, file=chart, filename="report.png",
-                                              title=f"Run {rec.id}: scores and training loss")
+        if chart and Path(chart).is_file() and not Path(chart).is_symlink():
+            from pipeline.runlock import read_run_file
+
+            await self.client.files_upload_v2(channel=channel, thread_ts=thread_ts, content=read_run_file(chart),
+                                              filename="report.png", title=f"Run {rec.id}: scores and training loss")
         await self._upload_adapter(rec, report, channel, thread_ts)
 
     async def _upload_adapter(self, rec, report: dict, channel: str, thread_ts: str) -> None:

@@ -419,7 +419,9 @@ def get_report(run_id: str, max_chars: int = 3000, *, registry: Registry | None 
     path = Path((record.paths or {}).get("report_md") or Path(record.out) / "report.md")
     if not path.is_file():
         raise RunError(f"run {record.id} finished but its report.md is missing; run `distillery report {record.id}` to rebuild it.")
-    text = path.read_text(encoding="utf-8")
+    from pipeline.runlock import read_run_file
+
+    text = read_run_file(path).decode("utf-8", errors="replace")  # never through a link planted in the folder
     return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
 
 

@@ -125,6 +125,8 @@ def test_start_click_starts_one_run_and_follows_it_to_the_report_with_the_chart(
         chart = _finish(env.registry, env.registry.get(run.id), tmp_path)
         report = env.slack.wait_for(lambda: [c for c in posts(env.slack, thread) if "is done" in c["text"]], what="report")[0]
         env.slack.wait_for(lambda: env.slack.calls("files.completeUploadExternal"), what="the chart upload")
+        # the run is marked finished after its uploads (chart, adapter zip): wait for that instead of racing it
+        env.slack.wait_for(lambda: env.store.unfinished_runs() == [], what="the run to be marked finished")
     assert len(env.registry.list_runs()) == 1
     status_ts = env.store.followed(run.id)["status_ts"]
     assert status["text"].startswith(f"Run `{run.id}` is queued")

@@ -87,3 +87,22 @@ def test_a_dataset_without_a_test_file_plans_held_out_test_rows(tmp_path, monkey
     from bot.blocks import plan_card
 
     assert "testing on 24 rows held out from movie_reviews.csv" in str(plan_card(plan.id, plan.summary)["blocks"])
+
+
+def test_get_report_never_reads_through_a_link_planted_in_the_run_folder(isolated_home, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("OPERATOR-ONLY CONTENT")
+    record = ops.start_plan(ops.plan_distillation("sst2", rows=4).id, "U1")
+    reg = Registry()
+    out = reg.get(record.id).out
+    from pathlib import Path
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "report.md").symlink_to(secret)
+    reg.finish(record.id, {"scores": {}})
+    with pytest.raises(RunError, match="symbolic link") as err:
+        ops.get_report(record.id)
+    assert "OPERATOR-ONLY" not in str(err.value)
+    (Path(out) / "report.md").unlink()
+    (Path(out) / "report.md").write_text("# the real report")
+    assert ops.get_report(record.id) == "# the real report"
