@@ -87,6 +87,14 @@ def gap_text(report: dict[str, Any]) -> str:
     return "n/a" if gap is None else f"{gap * 100:.0f} %"
 
 
+def _cue_line(report: dict[str, Any]) -> list[str]:
+    cue = (report.get("labelling") or {}).get("answer_cue") or {}
+    if not cue.get("scores"):
+        return []
+    scores = ", ".join(f"{c} {v * 100:.0f} %" for c, v in cue["scores"].items())
+    return [f"Answer cue: {cue['answer_cue']} ({cue.get('source', 'chosen')}; agreement with gold: {scores})."]
+
+
 def build_report(spec, labelling: dict[str, Any], training: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
     results = evaluation.get("results", {})
     metric = next((r.get("metric") for r in results.values() if r.get("metric")), None)
@@ -112,6 +120,7 @@ def build_report(spec, labelling: dict[str, Any], training: dict[str, Any], eval
             "pricing": labelling.get("pricing", "list price"),
             "by_reason": labelling.get("by_reason", {}),
             "agreement_with_gold": labelling.get("agreement_with_gold"),
+            "answer_cue": labelling.get("answer_cue") or {},  # the cue and how it was chosen (pipeline/pilot.py)
         },
         "training": {
             "examples": training.get("examples", 0),
@@ -168,6 +177,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Gap closed: {gap_text(report)} (distilled - base) / (teacher - base), on {report['evaluation']['examples']} test rows.",
         *[f"**Warning:** {w}" for w in report.get("warnings") or []],
+        *_cue_line(report),
         _eval_line(report),
         "",
         f"Labelling: {lab['accepted']} of {lab['requested']} rows accepted, {lab['rejected']} rejected"

@@ -70,3 +70,11 @@ def test_render_markdown_shows_a_percentage_when_the_gap_is_real(tmp_path):
     spec = load_spec(None, [f"out={tmp_path}/run"])
     md = render_markdown(build_report(spec, LABELLING, TRAINING, _evaluation(0.85, 0.675, 0.865)))
     assert "Gap closed: 109 %" in md and "Warning" not in md
+
+
+def test_the_chosen_answer_cue_and_its_candidates_are_in_the_report(tmp_path):
+    spec = load_spec(None, [f"out={tmp_path}/run"])
+    cue = {"answer_cue": "Sentiment", "source": "best of 2 cues on 32 gold pilot rows", "scores": {"Sentiment": 0.875, "Answer": 0.6875}}
+    report = build_report(spec, {**LABELLING, "answer_cue": cue}, TRAINING, _evaluation(0.85, 0.675, 0.865))
+    assert report["labelling"]["answer_cue"] == cue
+    assert "Answer cue: Sentiment (best of 2 cues on 32 gold pilot rows; agreement with gold: Sentiment 88 %, Answer 69 %)." in render_markdown(report)
