@@ -1,6 +1,6 @@
 """Command mode: a small grammar used when no chat model is configured (DISTILLERY_CHAT_PROVIDER unset).
 
-    distill <dataset> into <student> [with <teacher>] [rows=N] [key=value ...]   make a plan (free)
+    distill <dataset> into <student> [with <teacher>] [rows=N] [pilot=true] [key=value ...]   make a plan (free)
     yes | start [plan-id]          start the conversation's last plan (spends teacher tokens)
     status [run] | runs | cancel [run] | report [run]
     models [query] | datasets | describe <dataset> | help
@@ -23,7 +23,7 @@ __all__ = ["handle_command", "HELP", "MODE_NOTE"]
 
 MODE_NOTE = "(command mode: no chat model configured; set DISTILLERY_CHAT_PROVIDER to talk freely)"
 HELP = f"""Commands {MODE_NOTE}:
-- distill <dataset> into <student> [with <teacher>] [rows=N] [key=value ...]  e.g. distill sst2 into gemma-3-270m with gpt-4o-mini rows=200
+- distill <dataset> into <student> [with <teacher>] [rows=N] [pilot=true] [key=value ...]  e.g. distill sst2 into gemma-3-270m with gpt-4o-mini rows=200
 - yes / start [plan-id]: start the last plan (this spends teacher tokens)
 - status [run], runs, cancel [run] (also: stop, abort), report [run]
 - models [query] (e.g. models an 8B model), datasets, describe <dataset>, help"""
@@ -57,12 +57,16 @@ def handle_command(plugin: DistillationPlugin, text: str, last_plan_id: str | No
         if not m:
             return f"I did not understand '{line[:80]}'; say distill <dataset> into <student>. {HELP}"
         student, teacher, overrides = _split_distill(m.group("rest"))
-        rows = 0
+        rows, pilot = 0, False
         for o in list(overrides):
             if o.lower().startswith("rows="):
                 overrides.remove(o)
                 rows = int(o.split("=", 1)[1]) if o.split("=", 1)[1].isdigit() else 0
-        return plugin.plan_distillation(m.group("dataset"), student, teacher, "", rows, " ".join(shlex.quote(o) for o in overrides))
+            elif o.lower().startswith("pilot="):  # label a few gold rows first (pipeline/pilot.py)
+                overrides.remove(o)
+                pilot = o.split("=", 1)[1].lower() in ("true", "yes", "1", "on")
+        return plugin.plan_distillation(m.group("dataset"), student, teacher, "", rows, " ".join(shlex.quote(o) for o in overrides),
+                                        pilot)
     if cmd.name == "start":
         plan_id = arg or last_plan_id
         if not plan_id:

@@ -368,7 +368,10 @@ def _pilot(spec, run: bool, est: dict[str, Any]) -> tuple[Any, dict[str, Any], l
             f"teacher pilot not run: ask for a pilot (pilot=true) to label {rows} gold rows first and see the teacher's "
             f"agreement with gold and the base student's score ({price})."]
     folder = distillery_home() / "pilots" / uuid4().hex[:12]  # the pilot's own answer cache; never a run folder
-    result = pilots.run_pilot(probe.model_copy(update={"out": str(folder)}))
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:  # its own event loop: front doors (Slack, the agent, MCP) call this inside theirs
+        result = pool.submit(pilots.run_pilot, probe.model_copy(update={"out": str(folder)})).result()
     facts = {**result, "cost_usd": cost, "set_aside": True}
     if result.get("status") != "done":
         return spec, facts, [f"teacher pilot: {result.get('why', 'not possible')}."]

@@ -22,7 +22,16 @@ def test_a_pilot_puts_the_teacher_and_base_scores_on_the_card_and_warns(isolated
     assert plain.summary["pilot"]["status"] == "not run" and plain.summary["pilot"]["cost_usd"] == 0.0
     assert "teacher pilot not run" in ops.plan_text(plain) and "free: the local teacher" in ops.plan_text(plain)
 
-    plan = ops.plan_distillation("sst2", student=str(tiny_model), rows=40, pilot=True)
+    import asyncio
+
+    from bot.agent import build_agent
+    from pipeline.registry import Registry
+    from skills.plans import PlanStore
+
+    # command mode (Slack, terminal): "pilot=true" on the distill line
+    reply = asyncio.run(build_agent(Registry()).respond("G1", "U1", f"distill sst2 into {tiny_model} rows=40 pilot=true"))
+    assert reply.plan_id, reply.text
+    plan = PlanStore().get(reply.plan_id)
     facts = plan.summary["pilot"]
     assert facts["status"] == "done" and facts["rows"] == 32
     assert 0.0 <= facts["teacher"] <= 1.0 and 0.0 <= facts["student_base"] <= 1.0
