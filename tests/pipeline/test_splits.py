@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import splits
+from pipeline.pilot import pilot_rows
 from pipeline.errors import DatasetError
 from pipeline import evaluation
 from pipeline.labelling import choose_rows
@@ -54,7 +55,9 @@ def test_held_out_rows_are_stratified_seeded_and_never_labelled_nor_demonstratio
     assert Counter(e.gold for e in test) == {"negative": 40, "positive": 20}  # the labels keep their shares
     rows, demos = choose_rows(spec)
     test_texts = {e.fields["text"] for e in test}
-    assert len(rows) + len(demos) == 540
+    pilot = {e.fields["text"] for e in pilot_rows(spec)}  # gold rows the answer cue is chosen on (pipeline/pilot.py)
+    assert len(pilot) == 32 and not pilot & test_texts
+    assert len(rows) + len(demos) == 540 - 32
     assert not test_texts & {e.fields["text"] for e in rows}
     assert not test_texts & {e.fields["text"] for e in demos}
     assert [e.fields["text"] for e in evaluation.test_examples(spec)] == [e.fields["text"] for e in test]  # evaluation uses it
