@@ -60,10 +60,13 @@ def format_count(n: float | int | None) -> str:
     return f"{n:.0f}"
 
 
-def _money(usd: float | None) -> str:
+def _money(usd: float | None, provider: str | None = None) -> str:
+    """A cost; zero is "free" only for the local teacher (an API teacher at $0 has no price configured)."""
     if usd is None:
         return "unknown"
-    return "free (local)" if usd == 0 else f"${usd:,.2f}" if usd >= 0.01 else f"${usd:.4f}"
+    if usd == 0:
+        return "free (local)" if provider == "local" else "$0.00" if not provider else "$0.00 (no price set for this teacher)"
+    return f"${usd:,.2f}" if usd >= 0.01 else f"${usd:.4f}"
 
 
 def _score(value: float | None, metric: str | None) -> str:
@@ -119,7 +122,7 @@ def _plan_pairs(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("Rows to label", format_count(rows) if isinstance(rows, (int, float)) else "all"),
         ("Test", str(summary.get("test") or "no test rows")),
         ("Teacher tokens (est.)", (format_count(tokens) + rough) if isinstance(tokens, (int, float)) else "unknown"),
-        ("Teacher cost (est.)", (_money(cost) + rough + priced) if isinstance(cost, (int, float)) else "unknown"),
+        ("Teacher cost (est.)", (_money(cost, summary.get("teacher_provider")) + rough + priced) if isinstance(cost, (int, float)) else "unknown"),
         ("Hardware", hardware),
         ("Expected time", expected),
     ]
@@ -247,7 +250,7 @@ def report_message(run_id: str, report: dict[str, Any]) -> dict[str, Any]:
                 + "".join(f"\nWarning: {w}" for w in warnings))
     labelling = (f"{lab.get('accepted', 0)} of {lab.get('requested', 0)} rows accepted, {lab.get('rejected', 0)} rejected; "
                  f"{format_count(lab.get('prompt_tokens', 0))} prompt + {format_count(lab.get('completion_tokens', 0))} "
-                 f"completion tokens, {_money(lab.get('cost_usd'))}")
+                 f"completion tokens, {_money(lab.get('cost_usd'), (report.get('teacher') or {}).get('provider') if isinstance(report.get('teacher'), dict) else None)}")
     final_loss = tr.get("final_loss")
     training = (f"{tr.get('examples', 0)} examples, {tr.get('steps', 0)} steps in {format_duration(tr.get('seconds'))}"
                 f" ({tr.get('tokens_per_second') or 0:.0f} tokens/s)"

@@ -54,7 +54,8 @@ def test_report_message_has_the_three_scores_gap_labelling_training_and_adapter(
               "scores": {"teacher": 0.9, "student_base": 0.5, "student_distilled": 0.8}, "gap_closed": 0.75,
               "labelling": {"requested": 64, "accepted": 60, "rejected": 4, "prompt_tokens": 12000, "completion_tokens": 300, "cost_usd": 0.0},
               "training": {"examples": 60, "steps": 8, "seconds": 75.0, "tokens_per_second": 110.0, "final_loss": 0.4321},
-              "evaluation": {"examples": 32}, "paths": {"adapter": "/runs/ab12/student"}}
+              "evaluation": {"examples": 32}, "paths": {"adapter": "/runs/ab12/student"},
+              "teacher": {"provider": "local", "model": "gemma-3-270m"}}
     msg = blocks.report_message("ab12", report)
     text = _texts(msg)
     table = msg["blocks"][1]["text"]["text"]
@@ -97,3 +98,12 @@ def test_mentions_are_stripped_start_words_detected_and_secrets_redacted():
     clean = redact(leaked, ("mysecret",))
     assert "xoxb" not in clean and "xapp" not in clean and "sk-abc" not in clean and "mysecret" not in clean
     assert clean.count("[redacted]") == 4
+
+
+def test_a_zero_cost_is_free_only_for_the_local_teacher():
+    """An API teacher without a configured price costs $0 on paper, not "free (local)": the card tells the truth."""
+    base = {"dataset": "d", "task": "classification", "student": "s", "rows": 8, "estimate": {"cost_usd": 0.0}}
+    api = _texts(blocks.plan_card("plan-1", {**base, "teacher": "fake", "teacher_provider": "openai"}))
+    local = _texts(blocks.plan_card("plan-1", {**base, "teacher": "local", "teacher_provider": "local"}))
+    assert "free (local)" not in api and "no price set for this teacher" in api
+    assert "free (local)" in local
