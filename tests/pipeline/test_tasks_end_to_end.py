@@ -55,7 +55,7 @@ def test_every_task_reports_all_three_scores_with_chain_of_thought(task, tiny_mo
         assert value is not None and 0.0 <= value <= 1.0, (name, value)
     assert report["scores"]["teacher"] == 1.0  # the stand-in answers from gold, parsed through its rationale
     # the teacher reasoned; the student learns the answer only (the default) and says so
-    assert report["targets"] == {"rationale": "none", "rationales_in_targets": False}
+    assert (report["targets"]["rationale"], report["targets"]["rationales_in_targets"]) == ("none", False)
     labels = [json.loads(x) for x in (out / "labels.jsonl").read_text().splitlines()]
     assert labels and all(r["messages"][-1]["content"] == r["label"] for r in labels)
     assert all("step by step" not in json.dumps(r["messages"]) for r in labels)
@@ -74,7 +74,7 @@ def test_every_task_reports_all_three_scores_with_chain_of_thought(task, tiny_mo
 def test_rationale_target_student_reasons_then_its_options_are_scored(task, tiny_model, tmp_path):
     out = tmp_path / "run"
     report, _ = _run(task, tiny_model, out, True, "train.rationale=target")
-    assert report["targets"] == {"rationale": "target", "rationales_in_targets": True}
+    assert (report["targets"]["rationale"], report["targets"]["rationales_in_targets"]) == ("target", True)
     labels = [json.loads(x) for x in (out / "labels.jsonl").read_text().splitlines()]
     assert all(r["messages"][-1]["content"].endswith(f"Final answer: {r['label']}") for r in labels)
     assert all("Think step by step" in r["messages"][0]["content"] for r in labels)
