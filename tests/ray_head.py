@@ -130,10 +130,8 @@ class RayHead:
                     break
             except urllib.error.HTTPError:  # 401 without the token: it is up
                 break
-            except Exception:
-                deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and self.pids():
-                time.sleep(0.2)
+            except Exception:  # not listening yet
+                time.sleep(0.5)
         else:
             raise RuntimeError(f"the Ray dashboard at {self.address} did not come up")
         time.sleep(2)
@@ -180,54 +178,4 @@ class RayHead:
     def stop(self) -> None:
         """Stop this head only (`ray stop` would stop every Ray process of the machine, other people's too)."""
         self.stop_processes()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def stop_processes(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in self.pids():
-                try:
-                    os.kill(pid, sig)
-                except OSError:
-                    pass
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and self.pids():
-                time.sleep(0.2)
-
-    @property
-    def token(self) -> str:
-        return (self.home / ".ray" / "auth_token").read_text().strip()
-
-    def pids(self) -> list[int]:
-        """This head's processes: those naming its folder or its GCS port, and their descendants (never others')."""
-        marks = [str(self.dir).encode()] + ([f":{self.gcs_port}".encode()] if self.gcs_port else [])
-        table: dict[int, tuple[int, bytes]] = {}
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                cmd = (proc / "cmdline").read_bytes()
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            table[int(proc.name)] = (ppid, cmd)
-        ours = {pid for pid, (_, cmd) in table.items() if any(m in cmd for m in marks) and pid != os.getpid()}
-        grew = True
-        while grew:
-            more = {pid for pid, (ppid, _) in table.items() if ppid in ours and pid not in ours}
-            grew = bool(more)
-            ours |= more
-        return sorted(ours)
-
-    def stop(self) -> None:
-        """Stop this head only (`ray stop` would stop every Ray process of the machine, other people's too)."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            pids = self.pids()
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except OSError:
-                    pass
-            deadline = time.monotonic() + 10
-            while pids and time.monotonic() < deadline and self.pids():
-                time.sleep(0.2)
         shutil.rmtree(self.dir, ignore_errors=True)
