@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import DATA
+from testpaths import DATA
 
 from pipeline.datasets import load_examples
 from pipeline.metrics import exact_match, normalize_number

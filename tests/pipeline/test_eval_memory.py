@@ -19,7 +19,7 @@ import json
 import shutil
 
 import pytest
-from conftest import DATA
+from testpaths import DATA
 
 from pipeline.spec import load_spec
 

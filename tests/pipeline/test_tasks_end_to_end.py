@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import DATA
+from testpaths import DATA
 from fake_llm_server import FakeLLMServer
 from gold_teacher import gold_responder
 
