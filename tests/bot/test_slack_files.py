@@ -250,7 +250,8 @@ def test_terminal_chat_distills_a_csv_path_inside_the_data_folders(tmp_path, mon
     monkeypatch.chdir(data)
     agent = build_agent()
     reply = asyncio.run(agent.respond("t1", "me", "distill ./reviews.csv into gemma-3-270m", {"source": "terminal"}))
-    assert "on reviews.csv, task classification, 90 rows; testing on 30 rows held out from reviews.csv" in reply.text
+    # 120 rows: 30 held out for test, 11 gold pilot rows set aside (1/8 of the rest), 79 to label
+    assert "on reviews.csv, task classification, 79 rows; testing on 30 rows held out from reviews.csv" in reply.text
     refused = asyncio.run(agent.respond("t1", "me", f"distill {tmp_path / 'outside.csv'} into gemma-3-270m", {"source": "terminal"}))
     assert "outside the data folders" in refused.text and refused.plan_id is None
 
