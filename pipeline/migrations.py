@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .errors import StoreError
 
-__all__ = ["Migration", "apply_migrations", "prepare_store"]
+__all__ = ["Migration", "apply_migrations", "ensure_wal", "prepare_store"]
 
 Migration = tuple[str, Callable[[sqlite3.Connection], None]]
 
@@ -48,13 +48,27 @@ def apply_migrations(db: sqlite3.Connection, migrations: Sequence[Migration], ta
     return applied
 
 
+def ensure_wal(db: sqlite3.Connection, timeout_s: float = 30.0) -> None:
+    """Switch `db` to WAL. Changing the journal mode can answer "database is locked" at once, without waiting for
+    the busy timeout, while another process opens the same fresh file: retry until `timeout_s` has passed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if ("locked" not in str(err) and "busy" not in str(err)) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def prepare_store(path: Path, connect: Callable[[], sqlite3.Connection], migrations: Sequence[Migration],
                   table: str = "migrations", what: str = "database") -> None:
     """Switch the database at `path` to WAL and migrate it; StoreError (one sentence naming the file) if it is unusable."""
     try:
         with closing(connect()) as db:
-            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                db.execute("PRAGMA journal_mode=WAL")
+            ensure_wal(db)
             apply_migrations(db, migrations, table)
     except sqlite3.OperationalError as err:
         if "locked" in str(err) or "busy" in str(err):

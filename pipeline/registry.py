@@ -31,7 +31,7 @@ from typing import Any
 
 from .errors import RunError
 from .home import distillery_home, runs_dir
-from .migrations import apply_migrations
+from .migrations import apply_migrations, ensure_wal
 from .progress import Progress
 from .redact import redact
 
@@ -175,8 +175,7 @@ class Registry:
         self._local = threading.local()
         try:
             with self._connect() as db:
-                if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                    db.execute("PRAGMA journal_mode=WAL")
+                ensure_wal(db, self.busy_timeout_s)
             self.migrate()
         except sqlite3.DatabaseError as err:
             raise RunError(f"the run registry '{self.path}' cannot be opened ({err}); move the file away "
