@@ -20,7 +20,13 @@ resume never pays twice for an answer that was already paid for.
 
 A record: {"key", "text", "finish_reason", "prompt_tokens", "completion_tokens", "max_tokens" (the limit it was
 asked under, when known), "row" (the dataset row it was asked for, to trace an answer without hashing),
-"option_probs"?, "extra"?}. Older files without max_tokens/row load as they are.
+"option_probs"?, "extra"?, "logprobs"? (teacher.logprobs: per answer token [token, logprob, [[alternative, logprob],
+...]])}. Older files without max_tokens/row load as they are.
+
+teacher.logprobs is deliberately NOT part of the key: turning it on later reuses the answers already paid for;
+those carry no logprobs, so their rows get hard labels (or vote shares), and labelling counts them
+(labelling.json `soft_labels.answers_without_logprobs`). To get soft labels for them, the answers must be bought
+again: remove teacher_answers.jsonl (or those lines) first.
 """
 
 from __future__ import annotations
@@ -103,6 +109,7 @@ class AnswerStore:
                     option_probs=rec.get("option_probs"),
                     extra=rec.get("extra") or {},
                     max_tokens=_int(rec.get("max_tokens")),
+                    logprobs=rec.get("logprobs") if isinstance(rec.get("logprobs"), list) else None,
                 )
                 self._lines[rec["key"]] = line
             except (ValueError, KeyError, TypeError, AttributeError):
@@ -166,6 +173,8 @@ class AnswerStore:
             rec["option_probs"] = answer.option_probs
         if answer.extra:
             rec["extra"] = answer.extra
+        if answer.logprobs:
+            rec["logprobs"] = answer.logprobs
         if self._fh is None:
             raise RuntimeError(f"{self.path} was opened read-only; open it with read_only=False to add answers.")
         line = json.dumps(rec, ensure_ascii=False, default=str)

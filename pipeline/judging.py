@@ -7,8 +7,11 @@
 
 Pure functions over answers already received (the sending engine, pipeline/sending.py, gets them); nothing here
 talks to a teacher. A row is rejected with one of REASONS; accepted rows carry label, rationale and confidence, and
-on closed answer sets `soft`: the teacher's distribution over the options (scored option probabilities from a
-local teacher, or self-consistency vote shares); API answers without either carry none (hard label only).
+on closed answer sets `soft`: the teacher's distribution over the options, from (in this order) a local teacher's
+scored option probabilities, the answer token's top-k log-probabilities of an API teacher (teacher.logprobs; with
+`soft_mass`, the mass outside the options; averaged over samples with self-consistency), or self-consistency vote
+shares; API answers with none of these carry none (hard label only). Free-text rows of an API teacher with
+logprobs carry `topk` (pipeline/logprobs.compact_topk), for the top-k KD loss (pipeline/kd_text.py).
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from .datasets import Example
+from .logprobs import compact_topk, option_distribution
 from .targets import training_record
 from .teachers import TeacherAnswer
 
-__all__ = ["TeacherResult", "judge", "judge_one", "apply_filters", "records", "write_jsonl", "same_label", "soft_label",
+__all__ = ["TeacherResult", "judge", "judge_one", "apply_filters", "records", "write_jsonl", "same_label", "soft_label", "soft_summary",
            "FAILED", "CUT_OFF", "UNPARSEABLE", "AMBIGUOUS", "REASONS"]
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,10 @@ class TeacherResult:
     rationale: str | None = None
     confidence: float | None = None  # option probability (scored options) or vote share (self-consistency)
     soft: dict[str, float] | None = None  # closed sets: the teacher's distribution over every option (soft label)
+    soft_source: str | None = None  # "scored options" | "logprobs" | "votes"
+    soft_mass: float | None = None  # logprobs: the answer token's probability outside the options (before renormalising)
+    topk: list | None = None  # free text with logprobs: per answer token [[token, logprob], ...] (the written token first)
+    logprobs_missing: int = 0  # answers of this row without logprobs (asked before teacher.logprobs was set, or not sent)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reason: str | None = None  # why the row is rejected, None when accepted
@@ -78,11 +86,12 @@ def judge(task, ex: Example, labels, msgs, answers: list[TeacherAnswer | None], 
             judged.append((None, None, None, FAILED, fail.detail if fail else "no answer"))
         else:
             judged.append(judge_one(task, ex, labels, ans))
+    res.logprobs_missing = sum(1 for a in answers if a is not None and not a.logprobs and not a.option_probs)
     if len(answers) == 1:
         res.label, res.rationale, res.confidence, res.reason, res.detail = judged[0]
         res.text = answers[0].text if answers[0] else None
-        if res.reason is None and task.choice_based and answers[0] and answers[0].option_probs:
-            res.soft = soft_label(task.options(ex, labels), answers[0].option_probs)
+        if res.reason is None and answers[0]:
+            _soft_from_one(res, task, ex, labels, answers[0])
         return res
     votes = Counter(j[0] for j in judged if j[0] is not None)
     if not votes:
@@ -99,10 +108,31 @@ def judge(task, ex: Example, labels, msgs, answers: list[TeacherAnswer | None], 
     res.label, res.rationale = top, judged[winner][1]
     res.text = answers[winner].text
     res.confidence = count / len(answers)
-    if task.choice_based:  # the vote shares among the samples that gave an answer
-        cast = sum(votes.values())
-        res.soft = soft_label(task.options(ex, labels), {k: v / cast for k, v in votes.items()})
+    if task.choice_based:
+        options = task.options(ex, labels)
+        read = [option_distribution(a.logprobs, options, j[0]) for a, j in zip(answers, judged) if a and a.logprobs and j[0]]
+        read = [(d, m) for d, m in read if d]
+        if read:  # the samples' answer-token distributions, averaged
+            res.soft = soft_label(options, {o: sum(d[o] for d, _ in read) / len(read) for o in options})
+            res.soft_source, res.soft_mass = "logprobs", round(sum(m for _, m in read) / len(read), 6)
+        else:  # the vote shares among the samples that gave an answer
+            cast = sum(votes.values())
+            res.soft, res.soft_source = soft_label(options, {k: v / cast for k, v in votes.items()}), "votes"
+    elif answers[winner].logprobs:
+        res.topk = compact_topk(answers[winner].logprobs)
     return res
+
+
+def _soft_from_one(res: TeacherResult, task, ex: Example, labels, ans: TeacherAnswer) -> None:
+    """The soft label (closed sets) or top-k (free text) of a row answered once."""
+    if task.choice_based and ans.option_probs:
+        res.soft, res.soft_source = soft_label(task.options(ex, labels), ans.option_probs), "scored options"
+    elif task.choice_based and ans.logprobs:
+        soft, outside = option_distribution(ans.logprobs, task.options(ex, labels), res.label)
+        if soft is not None:
+            res.soft, res.soft_source, res.soft_mass = soft_label(list(soft), soft), "logprobs", outside
+    elif not task.choice_based and ans.logprobs:
+        res.topk = compact_topk(ans.logprobs)
 
 
 def soft_label(options: list[str], probs: dict[str, float]) -> dict[str, float] | None:
@@ -161,6 +191,10 @@ def records(spec, task, results: list[TeacherResult]) -> tuple[list[dict], list[
             rec["confidence"] = r.confidence
             if r.soft is not None:
                 rec["soft"] = r.soft  # the teacher's option distribution, for train.targets=soft|mixed (pipeline/kd.py)
+                if r.soft_mass is not None:
+                    rec["soft_mass"] = r.soft_mass
+            if r.topk is not None:
+                rec["topk"] = r.topk  # free text: the teacher's per-token top-k, for train.targets=soft|mixed (pipeline/kd_text.py)
             if ex.gold is not None:
                 rec["gold"] = ex.gold
             rec["usage"] = {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens}
@@ -171,3 +205,17 @@ def records(spec, task, results: list[TeacherResult]) -> tuple[list[dict], list[
                 rec["gold"] = ex.gold
             rejected.append(rec)
     return accepted, rejected
+
+
+def soft_summary(spec, results: list[TeacherResult], accepted: list[dict]) -> dict[str, Any]:
+    """labelling.json `soft_labels`: how many accepted rows carry a soft label or top-k, from what, and how many
+    answers came without logprobs although teacher.logprobs asked for them (cached before it was set)."""
+    sources = Counter(r.soft_source for r in results if r.reason is None and r.soft is not None)
+    masses = [rec["soft_mass"] for rec in accepted if rec.get("soft_mass") is not None]
+    out: dict[str, Any] = {"rows": sum(1 for rec in accepted if rec.get("soft")), "sources": dict(sources),
+                           "topk_rows": sum(1 for rec in accepted if rec.get("topk"))}
+    if masses:
+        out["mass_outside_options_mean"] = round(sum(masses) / len(masses), 6)
+    if getattr(spec.teacher, "logprobs", 0):
+        out["answers_without_logprobs"] = sum(r.logprobs_missing for r in results)
+    return out

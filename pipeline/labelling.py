@@ -39,7 +39,7 @@ from .answers import AnswerStore, answer_key
 from . import pilot, splits
 from .datasets import Example
 from .errors import LabellingError, SpecError, UnknownTeacherError
-from .judging import FAILED, REASONS, TeacherResult, apply_filters, judge, records, same_label, write_jsonl
+from .judging import FAILED, REASONS, TeacherResult, apply_filters, judge, records, same_label, soft_summary, write_jsonl
 from .progress import ProgressFn, Tracker
 from .batch import pricing, teacher_cost  # importing pipeline.batch registers the "batch" sender (teacher.batch)
 from .redact import endpoint
@@ -47,7 +47,7 @@ from .runlock import holds_run_lock
 from .sending import SendState, cached_answer, run_loop, send
 from .tasks import get_task, resolve_spec, teacher_messages
 from .teachers import TeacherRequest, get_teacher
-from .teachers.base import estimate_tokens
+from .teachers.base import estimate_tokens, logprobs_note
 
 __all__ = ["TeacherResult", "LabelSummary", "Estimate", "ask_teacher", "label", "estimate", "choose_rows", "apply_filters", "REASONS"]
 
@@ -74,6 +74,7 @@ class LabelSummary:
     demos: list[Any] = field(default_factory=list)
     pricing: str = "list price"  # or "batch price (50 % of list)" with teacher.batch
     answer_cue: dict[str, Any] = field(default_factory=dict)  # the cue used and how it was chosen (pipeline/pilot.py)
+    soft_labels: dict[str, Any] = field(default_factory=dict)  # rows with soft labels / top-k and their sources (judging.soft_summary)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,11 +89,12 @@ class Estimate:
     completion_tokens: int  # upper bound: longest option for closed answers, else params.max_tokens
     cost_usd: float
     pricing: str = "list price"  # or "batch price (50 % of list)" with teacher.batch
+    notes: list[str] = field(default_factory=list)  # settings that will not work as asked (e.g. teacher.logprobs on a reasoning model)
 
     def __str__(self) -> str:
-        return (f"{self.rows:,} rows: {self.requests:,} requests to send ({self.cached:,} answers cached), "
-                f"~{self.prompt_tokens:,} prompt tokens, at most {self.completion_tokens:,} completion tokens, "
-                f"about ${self.cost_usd:.2f} at {self.pricing}.")
+        return " ".join([f"{self.rows:,} rows: {self.requests:,} requests to send ({self.cached:,} answers cached), "
+                         f"~{self.prompt_tokens:,} prompt tokens, at most {self.completion_tokens:,} completion tokens, "
+                         f"about ${self.cost_usd:.2f} at {self.pricing}.", *self.notes])
 
 
 # rows and demonstrations ---------------------------------------------------------------------------------
@@ -293,6 +295,10 @@ def label(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
     agreement = sum(same_label(task, p, g) for p, g in golds) / len(golds) if golds and (task.choice_based or task.name == "math") else None
     apply_filters(spec, task, results)
     accepted, rejected = records(spec, task, results)
+    soft = soft_summary(spec, results, accepted)
+    if soft.get("answers_without_logprobs"):
+        log.warning("%d cached teacher answers were asked before teacher.logprobs was set and have no logprobs: their rows keep hard "
+                    "labels (nothing is paid twice; remove %s to buy them again with logprobs)", soft["answers_without_logprobs"], ANSWERS_FILE)
     write_jsonl(out / "labels.jsonl", accepted)
     write_jsonl(out / "rejected.jsonl", rejected)
     prompt_tokens = sum(r.prompt_tokens for r in results)
@@ -303,7 +309,7 @@ def label(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
         cost_usd=round(teacher_cost(t, prompt_tokens, completion_tokens), 6),
         seconds=round(time.monotonic() - started, 3), requests_sent=stats.sent, cached=stats.cached,
-        agreement_with_gold=agreement, demos=[d.row for d in demos], pricing=pricing(t), answer_cue=cue,
+        agreement_with_gold=agreement, demos=[d.row for d in demos], pricing=pricing(t), answer_cue=cue, soft_labels=soft,
     )
     (out / "labelling.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str), encoding="utf-8")
     # 5. enough rows?
@@ -342,4 +348,5 @@ def estimate(spec) -> Estimate:
     else:  # an upper bound: every answer as long as allowed
         completion_tokens = t.params.max_tokens * len(todo)
     return Estimate(rows=len(rows), requests=len(todo), cached=total - len(todo), prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens, cost_usd=round(teacher_cost(t, prompt_tokens, completion_tokens), 4), pricing=pricing(t))
+                    completion_tokens=completion_tokens, cost_usd=round(teacher_cost(t, prompt_tokens, completion_tokens), 4), pricing=pricing(t),
+                    notes=[n for n in (logprobs_note(spec),) if n])

@@ -83,9 +83,9 @@ def spec_notes(spec) -> list[str]:
     elif rationale_mode(spec) == "target" and not spec.teacher.chain_of_thought:
         notes.append("train.rationale=target needs teacher.chain_of_thought=true (the teacher gives no rationale otherwise); "
                      "the student learns the answer only.")
-    note = soft_label_note(spec)
-    if note:
-        notes.append(note)
+    from .teachers.base import logprobs_note  # teacher.logprobs on a teacher or model that returns none
+
+    notes += [n for n in (soft_label_note(spec), logprobs_note(spec)) if n]
     return notes
 
 
@@ -93,13 +93,20 @@ def soft_label_note(spec) -> str | None:
     """Why train.targets=soft|mixed cannot work as configured (training would refuse after labelling), or None."""
     if getattr(spec.train, "targets", "hard") == "hard":
         return None
+    from .teachers.base import logprobs_note
+
     want = f"train.targets={spec.train.targets} needs soft labels"
+    logprobs = bool(getattr(spec.teacher, "logprobs", 0)) and logprobs_note(spec) is None
     if spec.task is not None and spec.task not in ("classification", "nli", "multiple_choice"):
-        return f"{want}, which only closed answer sets (classification, nli, multiple_choice) have; use train.targets=hard."
+        if logprobs:
+            return None  # free text: the teacher's per-token top-k (pipeline/kd_text.py)
+        return (f"{want}: on free text ({spec.task}) the per-token top-k of an API teacher asked with teacher.logprobs=K "
+                "(openai or azure); set it or use train.targets=hard.")
     if rationale_mode(spec) == "target" and spec.teacher.chain_of_thought:
         return f"{want} with answer-only targets; set train.rationale=none or train.targets=hard."
     sampled = spec.teacher.self_consistency > 1
-    if not sampled and (spec.teacher.provider != "local" or spec.teacher.chain_of_thought):
-        return (f"{want}: the local teacher's scored options (without chain of thought) or teacher.self_consistency > 1 "
-                "(vote shares); this teacher gives hard labels only, so training would stop; use train.targets=hard.")
+    if not sampled and not logprobs and (spec.teacher.provider != "local" or spec.teacher.chain_of_thought):
+        return (f"{want}: the local teacher's scored options (without chain of thought), teacher.logprobs=K on an API "
+                "teacher, or teacher.self_consistency > 1 (vote shares); this teacher gives hard labels only, so training "
+                "would stop; use train.targets=hard.")
     return None

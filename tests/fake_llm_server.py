@@ -20,6 +20,13 @@ A Reply can set the text, finish_reason, status, headers, a delay (slow response
 body (malformed JSON). `req.attempt` counts earlier requests with the same messages, so a responder can fail
 the first try of every row and succeed on the retry.
 
+Log-probabilities (OpenAI's shape: choices[0].logprobs.content[i] = {token, logprob, bytes, top_logprobs}):
+a request with `logprobs: true` gets them. `Reply(logprobs=[(token, logprob, [(alternative, logprob), ...]), ...])`
+scripts them exactly (leading spaces, labels split into several tokens, options missing from the top-k); without
+it the text is cut into words (each with its leading space) and every word gets logprob -0.01 and made-up
+alternatives up to top_logprobs. `FakeLLMServer(refuse_logprobs=True)` answers a request asking for them with
+OpenAI's HTTP 400 for reasoning models ("Unsupported parameter: 'logprobs' ...").
+
 Rate-limit mode (a provider's limit as a token bucket): `FakeLLMServer(rate_limit=10, burst=10)` admits 10
 chat requests per second with bursts of up to 10; above it a request gets 429 at once with Retry-After (integer
 seconds, rounded up, as HTTP says; `retry_after="exact"` fractional seconds, "ms" adds retry-after-ms, "none"
@@ -47,7 +54,7 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["FakeLLMServer", "FakeRequest", "Reply", "last_user"]
+__all__ = ["FakeLLMServer", "FakeRequest", "Reply", "last_user", "logprobs_content"]
 
 
 @dataclass
@@ -60,6 +67,7 @@ class Reply:
     raw: str | None = None  # send this body verbatim instead of a completion (e.g. malformed JSON)
     prompt_tokens: int | None = None  # default: prompt characters / 4
     completion_tokens: int | None = None  # default: words in text
+    logprobs: list[tuple[str, float, list[tuple[str, float]]]] | None = None  # per token: (token, logprob, top-k alternatives)
 
 
 @dataclass
@@ -96,12 +104,26 @@ def last_user(req: FakeRequest) -> str:
 Responder = Callable[[FakeRequest], "str | Reply | None"]
 
 
+def logprobs_content(reply: Reply, top: int) -> list[dict[str, Any]]:
+    """choices[0].logprobs.content for a reply: its scripted tokens, else its words with made-up alternatives."""
+    import re
+
+    tokens = reply.logprobs
+    if tokens is None:
+        tokens = [(w, -0.01, [(f" alt{i}", -5.0 - i) for i in range(max(0, top - 1))]) for w in re.findall(r"\s*\S+", reply.text)]
+    return [{"token": tok, "logprob": lp, "bytes": list(tok.encode("utf-8")),
+             "top_logprobs": [{"token": a, "logprob": alp, "bytes": list(a.encode("utf-8"))} for a, alp in alts][:top]}
+            for tok, lp, alts in tokens]
+
+
 class FakeLLMServer:
     """Start with `with FakeLLMServer(...) as s:` or s.start() / s.stop(). Thread-safe recording."""
 
     def __init__(self, responder: Responder | None = None, latency: float = 0.0, record: bool = True, port: int = 0,
-                 rate_limit: float | None = None, burst: float | None = None, retry_after: str = "ceil", ratelimit_headers: bool = False):
+                 rate_limit: float | None = None, burst: float | None = None, retry_after: str = "ceil", ratelimit_headers: bool = False,
+                 refuse_logprobs: bool = False):
         self.responder = responder
+        self.refuse_logprobs = refuse_logprobs  # 400 for any request asking for logprobs (as reasoning models answer)
         self.latency = latency  # added to every chat request
         self.record = record
         self.rate_limit = rate_limit  # chat requests per second admitted (token bucket); None: no limit
@@ -227,6 +249,10 @@ class FakeLLMServer:
             out = self.responder(req)
             reply = Reply(text=out) if isinstance(out, str) else out
         reply = reply or Reply()
+        if self.refuse_logprobs and (body.get("logprobs") or body.get("top_logprobs")):
+            err = {"error": {"message": "Unsupported parameter: 'logprobs' is not supported with this model.",
+                             "type": "invalid_request_error", "param": "logprobs", "code": "unsupported_parameter"}}
+            return web.json_response(err, status=400)
         wait = self.latency + reply.delay
         if wait:
             await asyncio.sleep(wait)
@@ -244,6 +270,8 @@ class FakeLLMServer:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": reply.finish_reason}],
             "usage": {"prompt_tokens": usage_p, "completion_tokens": usage_c, "total_tokens": usage_p + usage_c},
         }
+        if body.get("logprobs"):
+            data["choices"][0]["logprobs"] = {"content": logprobs_content(reply, int(body.get("top_logprobs") or 0)), "refusal": None}
         with self._lock:
             self.answered += 1
             limit_headers = self._limit_headers() if self.ratelimit_headers and self.rate_limit else {}

@@ -15,7 +15,9 @@ from typing import Any
 from ..errors import UnknownTeacherError
 
 __all__ = ["TeacherRequest", "TeacherAnswer", "Teacher", "TransientError", "register_teacher", "get_teacher", "teacher_names",
-           "content_text", "estimate_tokens"]
+           "content_text", "estimate_tokens", "logprobs_note", "Position"]
+
+Position = list  # one answer token with logprobs: [token, logprob, [[alternative, logprob], ...]] (strings as the API sends them)
 
 
 @dataclass
@@ -37,6 +39,7 @@ class TeacherAnswer:
     option_probs: dict[str, float] | None = None  # when options were scored: probability of each
     extra: dict[str, Any] = field(default_factory=dict)
     max_tokens: int | None = None  # the limit it was asked under (a "stop" answer stays valid under a larger one)
+    logprobs: list[Position] | None = None  # teacher.logprobs > 0: per answer token [token, logprob, top-k alternatives]
     limits: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # rate-limit headers; not cached
 
 
@@ -86,6 +89,11 @@ class Teacher:
     supports_options: bool = False  # True: answers option requests by scoring, with option_probs
     key_settings: tuple[str, ...] = ()  # teacher spec settings that shape a request beyond its messages (in the cache key)
 
+    @classmethod
+    def logprobs_refusal(cls, spec) -> str | None:
+        """Why this teacher cannot return teacher.logprobs for `spec` (a phrase), or None when it can."""
+        return f"the {spec.provider} teacher does not return log-probabilities"
+
     def __init__(self, spec) -> None:  # spec: pipeline.spec.TeacherSpec
         self.spec = spec
 
@@ -108,6 +116,24 @@ def register_teacher(name: str, cls: type[Teacher]) -> None:
 
 def teacher_names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def logprobs_note(spec) -> str | None:
+    """One sentence when teacher.logprobs is set but this teacher or model cannot return them (said at plan and
+    --estimate time; the run then labels without asking for them instead of failing), else None."""
+    t = spec.teacher
+    if not getattr(t, "logprobs", 0):
+        return None
+    try:
+        factory = get_teacher(t.provider)
+    except UnknownTeacherError:
+        return None
+    cls = factory if isinstance(factory, type) else getattr(factory, "func", None)  # functools.partial(AzureTeacher, ...)
+    why = cls.logprobs_refusal(t) if cls is not None else None
+    if why is None:
+        return None
+    fallback = "vote shares of teacher.self_consistency" if t.self_consistency > 1 else "hard labels"
+    return f"teacher.logprobs={t.logprobs} has no effect: {why}, so rows get {fallback} (set teacher.logprobs=0, or choose a model that returns them)."
 
 
 def get_teacher(name: str) -> type[Teacher]:

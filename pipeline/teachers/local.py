@@ -24,6 +24,10 @@ class LocalTeacher(Teacher):
     supports_options = True
     key_settings = ("prompt_format", "answer_cue")  # they change the rendered prompt, so they are in the cache key
 
+    @classmethod
+    def logprobs_refusal(cls, spec) -> str | None:
+        return "the local teacher does not use it (it scores every option of a closed answer set itself, and gives no per-token top-k)"
+
     def __init__(self, spec) -> None:
         super().__init__(spec)
         self.batch_size = spec.batch_size

@@ -18,6 +18,12 @@ Errors: 429, 408, 409, 5xx, timeouts, dropped connections and malformed bodies -
 Retry-After honoured); 401/403/404 -> TeacherError marked fatal (labelling stops: every row would fail the same
 way); other 4xx -> TeacherError for that row.
 
+Log-probabilities (teacher.logprobs: K > 0): the body asks for `logprobs=True, top_logprobs=K` and each answer
+keeps, per answer token, [token, logprob, [[alternative, logprob], ...]] (TeacherAnswer.logprobs; strings as the
+API sends them, leading spaces included). Reasoning models (o1, o3, o4, gpt-5...) refuse them: they are not
+asked (pipeline.teachers.base.logprobs_note says so once at plan/--estimate time); a 400 that names logprobs at
+run time stops labelling with one sentence.
+
 Shared with the azure teachers: `api_key_from_env`, `retry_after_seconds`, `status_error`; the azure teacher is
 this class with another base URL and authentication (`_base_url`, `_auth_options`).
 """
@@ -37,8 +43,9 @@ from ..redact import endpoint
 from .base import Teacher, TeacherAnswer, TeacherRequest, TransientError, content_text, estimate_tokens
 
 __all__ = ["OpenAITeacher", "AiohttpTransport", "api_key_from_env", "retry_after_seconds", "rate_limit_headers", "status_error",
-           "unreachable", "parse_completion"]
+           "unreachable", "parse_completion", "read_logprobs", "REASONING_MODEL"]
 
+REASONING_MODEL = re.compile(r"(?:^|[/:])(?:o1|o3|o4|gpt-5)(?:$|[-.:_ ])", re.I)  # refuse logprobs (HTTP 400)
 NO_KEY = "no-key-needed"  # sent when api_key_env is None: local servers (vLLM, Ollama) accept any key
 TRANSIENT_STATUS = {408, 409, 425, 429}
 
@@ -205,6 +212,12 @@ class OpenAITeacher(Teacher):
     batch_max_bytes = 200 * 1024 * 1024
     credential: str | None = None  # what a 401/403 sentence names instead of "the key in <api_key_env>"
 
+    @classmethod
+    def logprobs_refusal(cls, spec) -> str | None:
+        if REASONING_MODEL.search(spec.model or ""):
+            return f"model '{spec.model}' is a reasoning model and those return no log-probabilities"
+        return None
+
     def __init__(self, spec) -> None:
         super().__init__(spec)
         import httpx2
@@ -243,6 +256,9 @@ class OpenAITeacher(Teacher):
         """The chat.completions body of a request (also each line of a batch input file)."""
         body: dict[str, Any] = {"model": self.spec.model, "messages": request.messages}
         body.update({k: v for k, v in request.params.items() if v is not None})
+        k = getattr(self.spec, "logprobs", 0)
+        if k and self.logprobs_refusal(self.spec) is None:
+            body.update(logprobs=True, top_logprobs=k)
         return body
 
     def api_error(self, err: Exception) -> Exception:
@@ -253,6 +269,11 @@ class OpenAITeacher(Teacher):
         if isinstance(err, openai.APIConnectionError):
             return unreachable(f"could not connect to the teacher at {self.url} ({type(err.__cause__ or err).__name__})")
         if isinstance(err, openai.APIStatusError):
+            if err.status_code == 400 and getattr(self.spec, "logprobs", 0) and "logprob" in f"{err.message} {err.body}".lower():
+                refused = TeacherError(f"the teacher at {self.url} refuses log-probabilities for model '{self.spec.model}' (HTTP 400); "
+                                       "set teacher.logprobs=0 to label with hard labels, or choose a model that returns them.")
+                refused.fatal = True  # type: ignore[attr-defined]  # every row would fail the same way
+                return refused
             return status_error(err.status_code, err.response.headers, err.message, self.url, self.spec.api_key_env, self.spec.model, self.credential)
         return err
 
@@ -293,6 +314,7 @@ def parse_completion(content: bytes, url: str, request: TeacherRequest | None = 
         text = content_text((choice.get("message") or {}).get("content"))
         usage = data.get("usage") or {}
         finish = choice.get("finish_reason")
+        logprobs = read_logprobs(choice.get("logprobs"))
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         raise TransientError(f"the teacher at {url} sent a malformed response") from None
     prompt, completion = _usage(usage, "prompt_tokens"), _usage(usage, "completion_tokens")
@@ -301,4 +323,20 @@ def parse_completion(content: bytes, url: str, request: TeacherRequest | None = 
     if completion is None:
         completion = len(text) // 4 + (1 if text else 0)
     return TeacherAnswer(text=text, finish_reason=finish if isinstance(finish, str) else None, prompt_tokens=prompt,
-                         completion_tokens=completion, limits=rate_limit_headers(headers))
+                         completion_tokens=completion, limits=rate_limit_headers(headers), logprobs=logprobs)
+
+
+def read_logprobs(block: Any) -> list[list] | None:
+    """choice.logprobs.content as [[token, logprob, [[alternative, logprob], ...]], ...]; None when absent or unreadable
+    (an answer without logprobs is still an answer: its row gets a hard label)."""
+    content = block.get("content") if isinstance(block, dict) else None
+    if not isinstance(content, list) or not content:
+        return None
+    out = []
+    try:
+        for item in content:
+            top = [[str(a["token"]), float(a["logprob"])] for a in (item.get("top_logprobs") or [])]
+            out.append([str(item["token"]), float(item["logprob"]), top])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return out

@@ -233,7 +233,9 @@ def test_plan_notes_say_when_soft_targets_cannot_work():
         return " ".join(spec_notes(load_spec(None, ["dataset.train=x.jsonl", *overrides])))
 
     assert "hard labels only" in notes("task=classification", "teacher.provider=openai", "teacher.model=m", "train.targets=mixed")
-    assert "closed answer sets" in notes("task=summarization", "train.targets=soft")
+    assert "on free text (summarization)" in notes("task=summarization", "train.targets=soft")
+    assert "train.targets" not in notes("task=summarization", "train.targets=soft", "teacher.provider=openai", "teacher.model=m", "teacher.logprobs=5")
+    assert "train.targets" not in notes("task=classification", "teacher.provider=openai", "teacher.model=m", "train.targets=mixed", "teacher.logprobs=5")
     assert "train.targets" not in notes("task=classification", "teacher.provider=local", "train.targets=mixed")
     assert "train.targets" not in notes("task=classification", "teacher.provider=openai", "teacher.model=m", "train.targets=mixed",
                                         "teacher.self_consistency=3")

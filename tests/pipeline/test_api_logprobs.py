@@ -1,0 +1,221 @@
+"""Soft labels from API teachers (issue 14 §1): teacher.logprobs through the real openai client against the fake server.
+
+Parsing of OpenAI-shaped logprobs (leading spaces, labels split into several tokens, options missing from the
+top-k, chain of thought), soft labels in labels.jsonl, free-text top-k, the cache rule (answers bought without
+logprobs are reused and counted), and the one sentence for teachers that refuse logprobs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from fake_llm_server import FakeLLMServer, Reply, last_user
+from testpaths import DATA
+
+from pipeline.errors import TeacherError
+from pipeline.labelling import estimate, label
+from pipeline.logprobs import option_distribution
+from pipeline.sending import run_loop
+from pipeline.spec import TeacherSpec, load_spec
+from pipeline.targets import spec_notes
+from pipeline.teachers import TeacherRequest, get_teacher
+
+NLI = ["entailment", "neutral", "contradiction"]
+
+
+def lp(p: float) -> float:
+    return math.log(p)
+
+
+def ask(spec: TeacherSpec):
+    """One answer from the openai teacher `spec` describes, through the real client."""
+    teacher = get_teacher("openai")(spec)
+
+    async def one():
+        try:
+            return await teacher.answer(TeacherRequest([{"role": "user", "content": "Text: fine"}], {"max_tokens": 8}))
+        finally:
+            await teacher.aclose()
+
+    return run_loop(one())
+
+
+# --- the openai client and the fake server speak OpenAI's logprobs -----------------------------------------------
+
+def test_the_teacher_asks_for_logprobs_and_reads_them_through_the_real_client():
+    tokens = [("Final", lp(0.9), [("Final", lp(0.9))]), (" answer", lp(0.99), []), (":", lp(0.99), []),
+              (" Positive", lp(0.6), [(" Positive", lp(0.6)), (" negative", lp(0.25)), (" positive", lp(0.1)), (" The", lp(0.03))])]
+    with FakeLLMServer(responder=lambda req: Reply(text="Final answer: Positive", logprobs=tokens)) as server:
+        ans = ask(TeacherSpec(provider="openai", model="gpt-4o-mini", base_url=server.openai_base_url, logprobs=5))
+        body = server.requests[0].body
+    assert body["logprobs"] is True and body["top_logprobs"] == 5
+    assert [p[0] for p in ans.logprobs] == ["Final", " answer", ":", " Positive"]
+    assert ans.logprobs[3][2][1] == [" negative", pytest.approx(lp(0.25))]
+    soft, outside = option_distribution(ans.logprobs, ["negative", "positive"], "positive")
+    assert soft == pytest.approx({"negative": 0.25 / 0.95, "positive": 0.70 / 0.95}, abs=1e-6)  # " Positive" + " positive"
+    assert outside == pytest.approx(0.05, abs=1e-6)  # " The" and everything outside the top-k
+
+
+def test_without_teacher_logprobs_nothing_is_asked():
+    with FakeLLMServer(responder=lambda req: "positive") as server:
+        ans = ask(TeacherSpec(provider="openai", model="m", base_url=server.openai_base_url))
+        assert "logprobs" not in server.requests[0].body and ans.logprobs is None
+
+
+# --- reading the option distribution ---------------------------------------------------------------------------
+
+def test_labels_split_into_several_tokens_match_on_their_first_token():
+    # "entailment" written as "ent" + "ail" + "ment"; " neutral" whole; "contradiction" absent from the top-k
+    positions = [[" ent", lp(0.5), [[" ent", lp(0.5)], [" neutral", lp(0.3)], [" neu", lp(0.1)], [" E", lp(0.05)]]],
+                 ["ail", lp(0.99), []], ["ment", lp(0.99), []]]
+    soft, outside = option_distribution(positions, NLI, "entailment")
+    # " E" identifies entailment alone; " neu" only neutral
+    assert soft == pytest.approx({"entailment": 0.55 / 0.95, "neutral": 0.4 / 0.95, "contradiction": 0.0}, abs=1e-6)
+    assert outside == pytest.approx(0.05, abs=1e-6)
+
+
+def test_a_first_token_shared_by_two_options_counts_for_neither():
+    options = ["not entailment", "not sure", "yes"]
+    positions = [["not", lp(0.7), [["not", lp(0.7)], ["yes", lp(0.2)]]], [" sure", lp(0.9), []]]
+    soft, outside = option_distribution(positions, options, "not sure")
+    assert soft == {"not entailment": 0.0, "not sure": 0.0, "yes": 1.0}
+    assert outside == pytest.approx(0.8, abs=1e-6)
+
+
+def test_the_answer_token_after_a_chain_of_thought_is_the_one_read():
+    # "positive" also appears in the reasoning; only the token after the last "Final answer:" counts
+    positions = [["It", lp(0.9), []], [" sounds", lp(0.9), []], [" positive", lp(0.4), [[" negative", lp(0.5)]]], [".", lp(0.9), []],
+                 ["\n", lp(0.9), []], ["Final", lp(0.9), []], [" answer", lp(0.9), []], [":", lp(0.9), []],
+                 [" **", lp(0.8), []], ["neg", lp(0.6), [["neg", lp(0.6)], ["Pos", lp(0.3)], ["maybe", lp(0.05)]]], ["ative", lp(0.99), []],
+                 ["**", lp(0.9), []]]
+    soft, outside = option_distribution(positions, ["negative", "positive"], "negative")
+    assert soft == pytest.approx({"negative": 2 / 3, "positive": 1 / 3}, abs=1e-6)
+    assert outside == pytest.approx(0.1, abs=1e-6)
+
+
+def test_no_option_in_the_top_k_gives_no_soft_label():
+    assert option_distribution([[" maybe", lp(0.9), [[" perhaps", lp(0.05)]]]], ["negative", "positive"], None) == (None, None)
+    assert option_distribution(None, ["negative", "positive"], "positive") == (None, None)
+
+
+# --- labelling writes soft labels and top-k --------------------------------------------------------------------
+
+def _rows(tmp_path, n=8):
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"text": f"a {'good' if i % 2 == 0 else 'bad'} film number {i}", "label": int(i % 2 == 0)}) + "\n"
+                             for i in range(n)))
+    return train
+
+
+def _spec(server, train, out, *more):
+    return load_spec(None, [f"dataset.train={train}", "dataset.train_size=null", "teacher.few_shot=0", "teacher.provider=openai",
+                            "teacher.model=fake-model", f"teacher.base_url={server.openai_base_url}", "teacher.api_key_env=null",
+                            f"out={out}", *more])
+
+
+def sentiment(req):
+    """' positive' / ' negative' with 0.7 on the right one, the other option at 0.2 and a stray token at 0.1."""
+    right = "positive" if "good" in last_user(req) else "negative"
+    other = {"positive": "negative", "negative": "positive"}[right]
+    tokens = [(right.capitalize(), lp(0.7), [(right.capitalize(), lp(0.7)), (" " + other, lp(0.2)), ("I", lp(0.1))])]
+    return Reply(text=right.capitalize(), logprobs=tokens)
+
+
+def test_labelling_writes_soft_labels_from_logprobs_and_counts_them(tmp_path):
+    with FakeLLMServer(responder=sentiment) as server:
+        summary = label(_spec(server, _rows(tmp_path), tmp_path / "run", "teacher.logprobs=5"))
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "labels.jsonl").read_text().splitlines()]
+    assert len(rows) == 8
+    for r in rows:
+        other = "negative" if r["label"] == "positive" else "positive"
+        assert r["soft"] == pytest.approx({r["label"]: 0.7 / 0.9, other: 0.2 / 0.9}, abs=1e-5)
+        assert r["soft_mass"] == pytest.approx(0.1, abs=1e-5)
+    assert summary.soft_labels["rows"] == 8 and summary.soft_labels["sources"] == {"logprobs": 8}
+    saved = json.loads((tmp_path / "run" / "labelling.json").read_text())
+    assert saved["soft_labels"]["answers_without_logprobs"] == 0
+    assert saved["soft_labels"]["mass_outside_options_mean"] == pytest.approx(0.1, abs=1e-5)
+
+
+def test_answers_cached_without_logprobs_are_reused_not_bought_again(tmp_path):
+    train, out = _rows(tmp_path), tmp_path / "run"
+    with FakeLLMServer(responder=sentiment) as server:
+        label(_spec(server, train, out))  # first without logprobs: 8 answers bought
+        assert len(server.requests) == 8
+        summary = label(_spec(server, train, out, "teacher.logprobs=5"))  # then with: nothing is sent again
+        assert len(server.requests) == 8
+    assert summary.requests_sent == 0 and summary.soft_labels["answers_without_logprobs"] == 8 and summary.soft_labels["rows"] == 0
+    rows = [json.loads(ln) for ln in (out / "labels.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and not any("soft" in r for r in rows)
+
+
+def test_self_consistency_with_logprobs_averages_the_samples(tmp_path):
+    def sampled(req):
+        right = "positive" if "good" in last_user(req) else "negative"
+        other = {"positive": "negative", "negative": "positive"}[right]
+        share = [0.9, 0.5, 0.7][req.attempt % 3]
+        return Reply(text=right, logprobs=[(right, lp(share), [(right, lp(share)), (other, lp(1 - share))])])
+
+    with FakeLLMServer(responder=sampled) as server:
+        label(_spec(server, _rows(tmp_path, 4), tmp_path / "run", "teacher.logprobs=2", "teacher.self_consistency=3",
+                    "teacher.params.temperature=0.7"))
+    for r in (json.loads(ln) for ln in (tmp_path / "run" / "labels.jsonl").read_text().splitlines()):
+        assert r["soft"][r["label"]] == pytest.approx(0.7, abs=1e-5)  # the mean of 0.9, 0.5, 0.7, not the vote share 1.0
+
+
+def test_free_text_answers_keep_their_per_token_top_k(tmp_path):
+    tokens = [("Two", lp(0.8), [("Two", lp(0.8)), ("The", lp(0.1))]), (" people", lp(0.6), [(" friends", lp(0.3))]),
+              (" talk", lp(0.9), []), (".", lp(0.95), [])]
+    with FakeLLMServer(responder=lambda req: Reply(text="Two people talk.", logprobs=tokens)) as server:
+        label(_spec(server, DATA / "dialogsum.jsonl", tmp_path / "run", "task=summarization", "dataset.train_size=4", "teacher.logprobs=3"))
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "labels.jsonl").read_text().splitlines()]
+    assert rows and all(r["messages"][-1]["content"] == "Two people talk." for r in rows)
+    topk = rows[0]["topk"]
+    assert [pos[0][0] for pos in topk] == ["Two", " people", " talk", "."]  # the written token first, spaces kept
+    assert topk[0] == [["Two", pytest.approx(lp(0.8), abs=1e-5)], ["The", pytest.approx(lp(0.1), abs=1e-5)]]
+    assert topk[1][1] == [" friends", pytest.approx(lp(0.3), abs=1e-5)]
+    assert "soft" not in rows[0]
+
+
+# --- teachers that refuse logprobs -----------------------------------------------------------------------------
+
+def test_a_reasoning_model_gets_one_sentence_at_plan_time_and_labels_without_logprobs(tmp_path):
+    with FakeLLMServer(responder=lambda req: "positive", refuse_logprobs=True) as server:
+        spec = _spec(server, _rows(tmp_path), tmp_path / "run", "teacher.model=o3-mini", "teacher.logprobs=5", "task=classification",
+                     "labels=[negative, positive]")
+        notes = [n for n in spec_notes(spec) if "teacher.logprobs" in n]
+        assert notes == ["teacher.logprobs=5 has no effect: model 'o3-mini' is a reasoning model and those return no log-probabilities, "
+                         "so rows get hard labels (set teacher.logprobs=0, or choose a model that returns them)."]
+        assert estimate(spec).notes == notes
+        summary = label(spec)  # not a failed run: logprobs are simply not asked for
+        assert summary.accepted == 8 and all("logprobs" not in r.body for r in server.requests)
+    notes = spec_notes(load_spec(None, ["dataset.train=x.jsonl", "teacher.provider=azure-inference", "teacher.model=m", "teacher.logprobs=3"]))
+    assert any(n.startswith("teacher.logprobs=3 has no effect: the azure-inference teacher does not return log-probabilities") for n in notes)
+    assert not any("teacher.logprobs" in n for n in spec_notes(load_spec(None, ["dataset.train=x.jsonl", "teacher.provider=openai",
+                                                                                 "teacher.model=gpt-4o", "teacher.logprobs=3"])))
+
+
+def test_a_400_naming_logprobs_at_run_time_is_one_sentence(tmp_path):
+    with FakeLLMServer(responder=lambda req: "positive", refuse_logprobs=True) as server:
+        with pytest.raises(TeacherError, match=r"refuses log-probabilities for model 'fake-model' \(HTTP 400\); set teacher.logprobs=0"):
+            label(_spec(server, _rows(tmp_path), tmp_path / "run", "teacher.logprobs=5"))
+        assert len(server.requests) <= 8  # fatal: labelling stops instead of failing every row
+        args = [f"dataset.train={_rows(tmp_path)}", "dataset.train_size=null", "teacher.few_shot=0", "teacher.provider=openai",
+                "teacher.model=fake-model", f"teacher.base_url={server.openai_base_url}", "teacher.api_key_env=null",
+                "teacher.logprobs=5", "task=classification", "labels=[negative, positive]", f"out={tmp_path / 'cli'}"]
+        result = subprocess.run([sys.executable, "-m", "bot.cli", "label", *args], capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "refuses log-probabilities for model 'fake-model' (HTTP 400); set teacher.logprobs=0" in result.stderr
+
+
+def test_teacher_logprobs_is_validated():
+    from pipeline.errors import SpecError
+
+    with pytest.raises(SpecError, match="teacher.logprobs"):
+        load_spec(None, ["teacher.logprobs=21"])
+    with pytest.raises(SpecError, match="teacher.logprobs"):
+        load_spec(None, ["teacher.logprobs=-1"])
