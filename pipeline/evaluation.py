@@ -218,7 +218,10 @@ def fingerprints(spec, examples: list[Example]) -> dict[str, str]:
     weights = next((adapter / n for n in ("adapter_model.safetensors", "model.safetensors") if (adapter / n).is_file()), None)
     trained = {"method": spec.student.model_dump(mode="json", exclude={"device"}), "training": run_fingerprint(spec, labels) if labels.is_file() else None,
                "weights": hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights is not None else None}
-    teacher = spec.teacher.model_dump(mode="json", exclude={"concurrency", "timeout_s", "max_retries", "batch_size", "device",
+    from .pilot import resolve_cue
+
+    teacher_spec = resolve_cue(spec, run=False)[0].teacher  # answer_cue=auto: the cue the run settled on (pilot.json)
+    teacher = teacher_spec.model_dump(mode="json", exclude={"concurrency", "timeout_s", "max_retries", "batch_size", "device",
                                                              "min_success_ratio", "price_per_mtok", "api_key_env", "base_url"})
     return {"teacher": _digest({**common, "teacher": teacher, "train_size": spec.dataset.train_size, "train": spec.dataset.train}),
             "student_base": _digest(student), "student_distilled": _digest({**student, **trained})}

@@ -122,3 +122,24 @@ def test_cue_selection_picks_the_clearly_better_cue_and_a_resume_keeps_it(tmp_pa
     again = label(spec)
     assert again.answer_cue == choice and again.requests_sent == 0
     assert cache.read_text().splitlines() == lines
+
+
+def test_the_teachers_evaluation_fingerprint_follows_the_cue_the_pilot_chose(tmp_path, data):
+    """evaluation.json keeps the teacher's part only while the cue it was scored with is still the chosen one."""
+    from pipeline.evaluation import fingerprints, test_examples
+    from pipeline.tasks import resolve_spec
+
+    spec = resolve_spec(_spec(tmp_path, data))
+    examples = test_examples(spec)
+    rows, candidates = pilot.pilot_rows(spec), pilot.cue_candidates(spec)
+    assert spec.teacher.answer_cue == pilot.AUTO and rows and len(candidates) > 1
+
+    def chosen(cue: str) -> str:
+        (tmp_path / "run").mkdir(exist_ok=True)
+        choice = {"answer_cue": cue, "fingerprint": pilot._fingerprint(spec, rows, candidates)}
+        (tmp_path / "run" / pilot.PILOT_FILE).write_text(json.dumps({"cue": choice}))
+        return fingerprints(spec, examples)["teacher"]
+
+    first, second = chosen(candidates[0]), chosen(candidates[1])
+    assert first != second  # a part scored with another cue is never reused
+    assert chosen(candidates[0]) == first  # and the same choice gives the same fingerprint
