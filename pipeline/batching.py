@@ -76,8 +76,13 @@ def encode_records(records: list[dict[str, Any]], tokenizer, render: Callable[..
 
 
 def encode_pairs(pairs: list[tuple[list[dict[str, str]], str, float]], tokenizer, render: Callable[..., str],
-                 max_seq_len: int) -> list[Encoded]:
-    """Tokenize (prompt messages, target text, weight); prompts too long are cut from the left (BOS kept)."""
+                 max_seq_len: int, per_example: bool = False) -> list[Encoded]:
+    """Tokenize (prompt messages, target text, weight); prompts too long are cut from the left (BOS kept).
+
+    Encoded.weight is what each of a row's target tokens weighs in the loss: the pair's weight, or with
+    per_example the pair's weight spread over its target tokens (weight / tokens), so that every example's loss
+    is its own mean and the weights mix examples, not tokens (pipeline/targets.example_mean).
+    """
     eot = end_of_turn_id(tokenizer)
     bos = tokenizer.bos_token_id
     rows: list[Encoded] = []
@@ -90,7 +95,7 @@ def encode_pairs(pairs: list[tuple[list[dict[str, str]], str, float]], tokenizer
         if len(prompt_ids) > room:
             keep_bos = bos is not None and prompt_ids and prompt_ids[0] == bos
             prompt_ids = ([bos] if keep_bos else []) + prompt_ids[len(prompt_ids) - room + (1 if keep_bos else 0):]
-        rows.append(Encoded(prompt_ids + target_ids, len(prompt_ids), weight))
+        rows.append(Encoded(prompt_ids + target_ids, len(prompt_ids), weight / len(target_ids) if per_example else weight))
     return rows
 
 
@@ -123,7 +128,7 @@ def collate(rows: list[Encoded], pad_id: int, device: Any = "cpu") -> dict[str, 
     width = max(r.length for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
-    src_rows, src_pos, targets = [], [], []
+    src_rows, src_pos, targets, weights = [], [], [], []
     for b, r in enumerate(rows):
         ids[b, : r.length] = torch.tensor(r.input_ids)
         mask[b, : r.length] = 1
@@ -131,7 +136,10 @@ def collate(rows: list[Encoded], pad_id: int, device: Any = "cpu") -> dict[str, 
             src_rows.append(b)
             src_pos.append(t - 1)
             targets.append(r.input_ids[t])
+            weights.append(r.weight)
+    weighted = any(w != 1.0 for w in weights)  # rows of weight 1 keep the plain sum, bit for bit
     return {
+        "weights": torch.tensor(weights, dtype=torch.float32, device=device) if weighted else None,
         "input_ids": ids.to(device),
         "attention_mask": mask.to(device),
         "rows": torch.tensor(src_rows, device=device),
@@ -165,8 +173,16 @@ def target_logits(model, batch: dict[str, Any]):
 
 
 def supervised_loss(model, batch: dict[str, Any]):
-    """(sum of target-token cross-entropies, number of target tokens); logits only at the target positions."""
+    """(sum of target-token cross-entropies, number of target tokens); logits only at the target positions.
+
+    With row weights (collate's "weights"): (sum of weight x cross-entropy, sum of the weights), so the caller's
+    sum / total is the weighted mean.
+    """
     import torch.nn.functional as F
 
-    loss_sum = F.cross_entropy(target_logits(model, batch), batch["targets"], reduction="sum")
-    return loss_sum, int(batch["targets"].numel())
+    weights = batch.get("weights")
+    if weights is None:
+        loss_sum = F.cross_entropy(target_logits(model, batch), batch["targets"], reduction="sum")
+        return loss_sum, int(batch["targets"].numel())
+    per_token = F.cross_entropy(target_logits(model, batch), batch["targets"], reduction="none")
+    return (per_token * weights).sum(), float(weights.sum())

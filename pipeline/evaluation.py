@@ -211,7 +211,8 @@ def fingerprints(spec, examples: list[Example]) -> dict[str, str]:
               "test_size": spec.dataset.test_size, "seed": spec.dataset.seed,
               "fields": spec.dataset.fields, "task": spec.task, "labels": spec.labels, "instructions": spec.instructions,
               "max_new_tokens": spec.eval.max_new_tokens, "rows": [str(e.row) for e in examples]}
-    student = {**common, "student": [spec.student.model, spec.student.dtype], "rationale": rationale_mode(spec),
+    mode = rationale_mode(spec)  # multitask students are asked exactly as answer-only ones (the predict prompt)
+    student = {**common, "student": [spec.student.model, spec.student.dtype], "rationale": "none" if mode == "multitask" else mode,
                "prompts": _digest([student_prompt(spec, task, e) for e in examples])}
     labels = spec.out_dir / "labels.jsonl"
     adapter = spec.out_dir / "student"

@@ -59,7 +59,9 @@ def exact_match(preds: Sequence[str | None], golds: Sequence[str]) -> float:
 
 
 def _tokens(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
+    """Lower-cased runs of letters and digits: the rouge-score package's tokens for ASCII text ("don't" -> don, t;
+    "a_b" -> a, b). Unlike rouge-score, letters outside ASCII are kept ("café" stays one word, not "caf")."""
+    return re.findall(r"[^\W_]+", text.lower())
 
 
 def _lcs(a: list[str], b: list[str]) -> int:
@@ -75,7 +77,8 @@ def _lcs(a: list[str], b: list[str]) -> int:
 
 
 def rouge_l(preds: Sequence[str | None], golds: Sequence[str]) -> float:
-    """Mean ROUGE-L F1 over word tokens (lower-cased)."""
+    """Mean ROUGE-L F1 over word tokens (lower-cased, no stemming): equal to rouge-score's
+    `RougeScorer(["rougeL"]).score(gold, pred)["rougeL"].fmeasure` on ASCII text (tests/pipeline/test_rouge.py)."""
     if not golds:
         return 0.0
     total = 0.0

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .targets import rationale_mode, student_reasons
+from .targets import rationale_mode, rationale_text, student_reasons
 
 __all__ = ["build_report", "render_markdown", "write_report", "gap_closed", "outcome_warnings", "gap_text"]
 
@@ -135,6 +135,8 @@ def build_report(spec, labelling: dict[str, Any], training: dict[str, Any], eval
                        "unreadable": {name: results[name].get("errors") or {} for name in ORDER if name in results},
                        "warnings": unreadable_warnings(results)},
         "targets": {"rationale": rationale_mode(spec), "rationales_in_targets": student_reasons(spec),
+                    "rationale_weight": spec.train.rationale_weight if rationale_mode(spec) == "multitask" else None,
+                    "rationale_text": rationale_text(spec),
                     "labels": training.get("targets", "hard"), "kd_weight": training.get("kd_weight"),
                     "kd_temperature": training.get("kd_temperature")},
         "teacher": {"provider": spec.teacher.provider, "model": spec.teacher.model, "few_shot": spec.teacher.few_shot,
@@ -191,6 +193,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _rationale_phrase(targets: dict[str, Any]) -> str:
+    if targets.get("rationale") == "multitask":
+        return f"trained on answer-only targets plus rationales {targets.get('rationale_text') or 'as a second task'}"
+    return "trained on " + ("rationale + answer" if targets.get("rationales_in_targets") else "answer-only") + " targets"
+
+
 def _labels_phrase(targets: dict[str, Any]) -> str:
     """How the labels were learnt: hard labels, or the teacher's soft distribution (train.targets)."""
     kind = targets.get("labels") or "hard"
@@ -205,7 +213,7 @@ def _eval_line(report: dict[str, Any]) -> str:
     targets = report.get("targets") or {}
     method = ev.get("method", {}).get("student_base")
     parts = [f"Student answers {method}" if method else "Student answers evaluated",
-             "trained on " + ("rationale + answer" if targets.get("rationales_in_targets") else "answer-only") + " targets",
+             _rationale_phrase(targets),
              _labels_phrase(targets)]
     unread = {n: e for n, e in (ev.get("unreadable") or {}).items() if e}
     if unread:

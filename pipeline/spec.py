@@ -131,8 +131,11 @@ class TrainSpec(_Strict):
     eval_every: int = Field(50, ge=1)  # steps between validation losses
     early_stopping_patience: int | None = Field(None, ge=1)  # validation checks without improvement
     checkpoint_every: int = Field(20, ge=1)  # steps between resumable checkpoints
-    rationale: Literal["none", "target"] | None = None  # none: the student learns the answer only (default);
-    # target: with teacher.chain_of_thought, it learns the teacher's reasoning, then the answer (and is prompted for it)
+    rationale: Literal["none", "target", "multitask"] | None = None  # none: the student learns the answer only (default);
+    # target: with teacher.chain_of_thought, it learns the teacher's reasoning, then the answer (and is prompted for it);
+    # multitask: two examples per row, the answer after the predict prompt and the rationale after an explain prompt
+    # (step-by-step distillation); evaluated and served with the predict prompt only (pipeline/targets.py)
+    rationale_weight: float = Field(0.5, ge=0.0, lt=1.0)  # multitask: loss = (1 - w) * answer + w * rationale (per-example means)
     keep_rationale: bool | None = None  # older name: true = rationale target, false = none
     merge: bool = False  # also write a merged full model (student/merged)
     workers: int = Field(1, ge=1, le=1024)  # data-parallel training processes (GPUs); > 1 trains with Ray Train (docs/ray.md)
@@ -146,12 +149,12 @@ class TrainSpec(_Strict):
     @model_validator(mode="after")
     def _rationale_alias(self) -> "TrainSpec":
         if self.keep_rationale is not None and self.rationale is not None and (self.rationale == "target") != self.keep_rationale:
-            raise ValueError("train.keep_rationale contradicts train.rationale; set only train.rationale (none or target)")
+            raise ValueError("train.keep_rationale contradicts train.rationale; set only train.rationale (none, target or multitask)")
         return self
 
     @property
     def rationale_mode(self) -> str:
-        """none | target: train.rationale, or the older train.keep_rationale, default none (answer only)."""
+        """none | target | multitask: train.rationale, or the older train.keep_rationale, default none (answer only)."""
         if self.rationale is not None:
             return self.rationale
         return "target" if self.keep_rationale else "none"

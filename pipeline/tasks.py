@@ -29,6 +29,7 @@ __all__ = [
     "teacher_messages",
     "student_messages",
     "format_target",
+    "task_instruction",
     "default_labels",
     "COT_MARKER",
 ]
@@ -386,10 +387,16 @@ def default_labels(task: str, golds: list[str | None]) -> list[str] | None:
 # messages --------------------------------------------------------------------------------------------------
 
 
-def system_prompt(task: Task, ex: Example, labels: list[str] | None, chain_of_thought: bool, instructions: str | None = None) -> str:
+def task_instruction(task: Task, ex: Example, labels: list[str] | None, instructions: str | None = None) -> str:
+    """The instruction sentence of a prompt (the spec's `instructions`, else the task's), before any answer hint."""
     base = instructions or task.instruction_for(ex, labels)
     if task.name == "classification" and labels and not instructions:
         base = f"Classify the text as {' or '.join(labels) if len(labels) == 2 else 'one of: ' + ', '.join(labels)}."
+    return base
+
+
+def system_prompt(task: Task, ex: Example, labels: list[str] | None, chain_of_thought: bool, instructions: str | None = None) -> str:
+    base = task_instruction(task, ex, labels, instructions)
     if task.name == "chat":
         return base
     hint = task.answer_hint(ex, labels)

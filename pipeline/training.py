@@ -32,7 +32,7 @@ from .jsonl import jsonl_lines
 from .kd import KDLoss, encode_kd, require_soft
 from .progress import ProgressFn, Tracker
 from .runlock import holds_run_lock
-from .targets import student_reasons, training_pairs
+from .targets import example_mean, rationale_text, training_pairs
 
 __all__ = ["TrainSummary", "train", "check_student", "load_student", "read_labelled", "run_fingerprint", "write_model_card", "MAX_GRAD_NORM"]
 
@@ -82,6 +82,7 @@ def run_fingerprint(spec, labels_path: Path) -> str:
     digest = hashlib.sha256(labels_path.read_bytes()).hexdigest()
     student = spec.student.model_dump(mode="json", exclude={"device"})
     unused = {"targets", "kd_weight", "kd_temperature"} if spec.train.targets == "hard" else set()  # hard: as before
+    unused |= set() if spec.train.rationale_mode == "multitask" else {"rationale_weight"}  # only multitask uses it
     training = spec.train.model_dump(mode="json", exclude={"merge", "checkpoint_every"} | unused)
     blob = json.dumps({"labels": digest, "student": student, "train": training}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -251,7 +252,7 @@ def train(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
     if kd is not None:  # every option of a row encoded, with the teacher's distribution over them
         rows = encode_kd(records, pairs, tokenizer, render_chat, cfg.max_seq_len)
     else:
-        rows = encode_pairs(pairs, tokenizer, render_chat, cfg.max_seq_len)
+        rows = encode_pairs(pairs, tokenizer, render_chat, cfg.max_seq_len, per_example=example_mean(spec))  # multitask weights
     train_rows, val_rows = split_rows(rows, cfg.val_share, cfg.seed)
     lengths = [r.length for r in train_rows]
     micro_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
@@ -296,6 +297,8 @@ def train(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
             micro.append([train_rows[i] for i in batches[pos["cursor"]]])
             pos["cursor"] += 1
         n_target = sum(r.n_target for mb in micro for r in mb)
+        if kd is None:  # the step's total loss weight (its target tokens when every row weighs 1, as before)
+            n_target = sum(r.n_target * r.weight for mb in micro for r in mb)
         step_loss = 0.0
         for mb in micro:
             if kd is not None:  # (1 - w) * CE + w * KL, each micro-batch's share of the step (pipeline/kd.py)
@@ -417,7 +420,7 @@ def write_model_card(spec) -> Path:
              f"- task: {spec.task or 'detected from the dataset'}; labels: {', '.join(spec.labels) if spec.labels else 'n/a'}",
              f"- dataset: {spec.dataset.train or 'n/a'}; labelled rows trained on: {training.get('examples', '?')}"
              f" (validation: {training.get('val_examples', 0)})",
-             f"- rationales in targets: {'yes' if student_reasons(spec) else 'no (answer only)'}",
+             f"- rationales in targets: {rationale_text(spec)}",
              f"- label targets: {training.get('targets', 'hard')}" + (f" (KL weight {training.get('kd_weight')}, temperature "
                                                                        f"{training.get('kd_temperature')})" if training.get('kd_weight') else ""),
              "", "## Hyperparameters", "",

@@ -31,7 +31,7 @@ CHAT_KEYS: frozenset[str] = frozenset({
     "train.learning_rate", "train.epochs", "train.max_steps", "train.batch_size", "train.grad_accum",
     "train.max_seq_len", "train.warmup_ratio", "train.weight_decay", "train.seed", "train.val_share",
     "train.eval_every", "train.early_stopping_patience", "train.checkpoint_every", "train.keep_rationale",
-    "train.gradient_checkpointing", "train.merge", "train.rationale",
+    "train.gradient_checkpointing", "train.merge", "train.rationale", "train.rationale_weight",
     "train.targets", "train.kd_weight", "train.kd_temperature",
     "eval.batch_size", "eval.batch_tokens", "eval.max_new_tokens", "eval.teacher",
 })
