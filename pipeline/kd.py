@@ -4,6 +4,7 @@
     rows = encode_kd(records, pairs, tokenizer, render_chat, max_seq_len)   # one KDRow per labelled row
     loss, value = kd.micro_loss(model, rows, pad_id, device, n_target, n_rows)   # backward() the loss
     kl_sum = option_kl(student_scores, teacher_probs, temperature)             # pure: the KD term
+    kd = distillation_loss(spec, records)        # what training uses: None, KDLoss, or kd_text.TopKLoss (free text)
 
 Labels: labels.jsonl rows carry `soft: {option: prob}` (pipeline/judging.py: scored option probabilities of a local
 teacher, or self-consistency vote shares), over every option of the row.
@@ -31,20 +32,15 @@ from .batching import Encoded, collate, encode_pairs, target_logits
 from .errors import TrainingError
 from .tasks import format_target
 
-__all__ = ["KDRow", "KDLoss", "encode_kd", "require_soft", "option_kl", "option_scores"]
+__all__ = ["KDRow", "KDLoss", "encode_kd", "require_soft", "option_kl", "option_scores", "distillation_loss", "FREE_TEXT"]
+
+FREE_TEXT = ("math", "summarization", "chat")  # tasks whose soft targets are the teacher's per-token top-k (pipeline/kd_text.py)
 
 
-@dataclass
-class KDRow:
-    """One labelled row for soft-label training: every option encoded after the same prompt."""
+class HardRow:
+    """A distillation row's length and target tokens: those of its hard-label sequence (`hard`; validation uses it)."""
 
-    options: list[Encoded]  # one sequence per option (prompt + option + end-of-turn)
-    label_index: int  # the teacher's hard label among them
-    probs: list[float]  # the teacher's distribution over the options (sums to 1)
-
-    @property
-    def hard(self) -> Encoded:
-        return self.options[self.label_index]
+    hard: Encoded
 
     @property
     def length(self) -> int:
@@ -53,6 +49,19 @@ class KDRow:
     @property
     def n_target(self) -> int:
         return self.hard.n_target
+
+
+@dataclass
+class KDRow(HardRow):
+    """One labelled row for soft-label training: every option encoded after the same prompt."""
+
+    options: list[Encoded]  # one sequence per option (prompt + option + end-of-turn)
+    label_index: int  # the teacher's hard label among them
+    probs: list[float]  # the teacher's distribution over the options (sums to 1)
+
+    @property
+    def hard(self) -> Encoded:  # type: ignore[override]
+        return self.options[self.label_index]
 
 
 def encode_kd(records: list[dict[str, Any]], pairs: list[tuple[list[dict[str, str]], str, float]], tokenizer,
@@ -115,6 +124,17 @@ class KDLoss:
     weight: float  # the KL share w
     temperature: float
 
+    encode = staticmethod(encode_kd)
+
+    @staticmethod
+    def tokens(rows: list[KDRow]) -> int:
+        """Non-padding tokens through the model for these rows (every option is a sequence)."""
+        return sum(e.length for r in rows for e in r.options)
+
+    @staticmethod
+    def positions(rows: list[KDRow]) -> None:
+        return None  # closed sets: every row is distilled whole
+
     @classmethod
     def from_spec(cls, train) -> "KDLoss | None":
         """None when the loss is plain cross-entropy (targets hard, or mixed with kd_weight 0)."""
@@ -158,3 +178,19 @@ class KDLoss:
         ce_sum, kl_sum = self.terms(model, rows, pad_id, device)
         loss = (1.0 - self.weight) * ce_sum / n_target + self.weight * kl_sum / n_rows
         return loss, float(loss.detach())
+
+
+def distillation_loss(spec, records: list[dict[str, Any]]):
+    """The loss training uses for spec.train.targets: None (hard, or mixed with kd_weight 0: today's loss), KDLoss on
+    closed answer sets (every row needs `soft`), or kd_text.TopKLoss on free text (rows with `topk`)."""
+    kd = KDLoss.from_spec(spec.train)
+    if kd is None:
+        return None
+    free = spec.task in FREE_TEXT if spec.task else any(r.get("topk") for r in records) and not any(r.get("soft") for r in records)
+    if not free:
+        require_soft(records)
+        return kd
+    from .kd_text import TopKLoss, require_topk
+
+    require_topk(records)
+    return TopKLoss(kd.weight)

@@ -138,7 +138,8 @@ def build_report(spec, labelling: dict[str, Any], training: dict[str, Any], eval
                     "rationale_weight": spec.train.rationale_weight if rationale_mode(spec) == "multitask" else None,
                     "rationale_text": rationale_text(spec),
                     "labels": training.get("targets", "hard"), "kd_weight": training.get("kd_weight"),
-                    "kd_temperature": training.get("kd_temperature")},
+                    "kd_temperature": training.get("kd_temperature"), "kd_positions": training.get("kd_positions"),
+                    "soft_labels": labelling.get("soft_labels") or {}},
         "teacher": {"provider": spec.teacher.provider, "model": spec.teacher.model, "few_shot": spec.teacher.few_shot,
                     "chain_of_thought": spec.teacher.chain_of_thought},
         "student": {"model": spec.student.model, "method": spec.student.method},
@@ -204,8 +205,17 @@ def _labels_phrase(targets: dict[str, Any]) -> str:
     kind = targets.get("labels") or "hard"
     if kind == "hard":
         return "hard labels (train.targets=hard)"
+    soft = targets.get("soft_labels") or {}
+    sources = ", ".join(f"{n} from {src}" for src, n in (soft.get("sources") or {}).items())
+    where = f"; soft labels: {sources}" if sources else ""
+    if soft.get("answers_without_logprobs"):
+        where += f", {soft['answers_without_logprobs']} cached answers without logprobs"
+    pos = targets.get("kd_positions")
+    if pos:  # free text: the teacher's per-token top-k (pipeline/kd_text.py)
+        return (f"{kind} labels (train.targets={kind}, KL weight {targets.get('kd_weight')}; top-k KL at {pos.get('kl', 0)} answer "
+                f"tokens, plain cross-entropy at {pos.get('ce_only', 0)} the student's vocabulary could not take{where})")
     return (f"{kind} labels (train.targets={kind}, KL weight {targets.get('kd_weight')}, "
-            f"temperature {targets.get('kd_temperature')})")
+            f"temperature {targets.get('kd_temperature')}{where})")
 
 
 def _eval_line(report: dict[str, Any]) -> str:

@@ -163,8 +163,10 @@ def soft_label_note(spec) -> str | None:
     want = f"train.targets={spec.train.targets} needs soft labels"
     logprobs = bool(getattr(spec.teacher, "logprobs", 0)) and logprobs_note(spec) is None
     if spec.task is not None and spec.task not in ("classification", "nli", "multiple_choice"):
-        if logprobs:
-            return None  # free text: the teacher's per-token top-k (pipeline/kd_text.py)
+        if logprobs:  # free text: the teacher's per-token top-k (pipeline/kd_text.py), used as sent
+            return None if spec.train.kd_temperature == 1 else (
+                f"train.kd_temperature={spec.train.kd_temperature:g} has no effect on free text: the teacher's top-k "
+                "probabilities are used as sent (it applies to closed answer sets).")
         return (f"{want}: on free text ({spec.task}) the per-token top-k of an API teacher asked with teacher.logprobs=K "
                 "(openai or azure); set it or use train.targets=hard.")
     if rationale_mode(spec) == "target" and spec.teacher.chain_of_thought:

@@ -29,7 +29,7 @@ from .batching import collate, encode_pairs, epoch_batches, split_rows, supervis
 from .checkpoints import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .errors import Cancelled, TrainingError
 from .jsonl import jsonl_lines
-from .kd import KDLoss, encode_kd, require_soft
+from .kd import distillation_loss
 from .progress import ProgressFn, Tracker
 from .runlock import holds_run_lock
 from .targets import example_mean, rationale_text, training_pairs
@@ -58,6 +58,7 @@ class TrainSummary:
     targets: str = "hard"  # train.targets: hard | soft | mixed (soft labels, pipeline/kd.py)
     kd_weight: float | None = None  # the KL share of the loss (soft: 1.0; hard: None)
     kd_temperature: float | None = None
+    kd_positions: dict[str, int] | None = None  # free text: answer tokens trained on the teacher's top-k ("kl") and on CE only
 
 
 def read_labelled(out: Path) -> list[dict[str, Any]]:
@@ -221,9 +222,7 @@ def train(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
     device = check_student(spec)
     records = read_labelled(out)
     pairs = training_pairs(spec, records)  # refuses labels written for another train.rationale
-    kd = KDLoss.from_spec(cfg)  # None: hard targets, today's loss
-    if kd is not None:
-        require_soft(records)
+    kd = distillation_loss(spec, records)  # None: hard targets, today's loss; KDLoss (closed sets) or TopKLoss (free text)
     fingerprint = run_fingerprint(spec, out / "labels.jsonl")
     done = _finished(out, fingerprint)
     if done is not None:
@@ -249,8 +248,8 @@ def train(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     # 3. tokenize, hold out the validation share, plan the steps
-    if kd is not None:  # every option of a row encoded, with the teacher's distribution over them
-        rows = encode_kd(records, pairs, tokenizer, render_chat, cfg.max_seq_len)
+    if kd is not None:  # with the teacher's option distribution (closed sets) or per-token top-k (free text)
+        rows = kd.encode(records, pairs, tokenizer, render_chat, cfg.max_seq_len)
     else:
         rows = encode_pairs(pairs, tokenizer, render_chat, cfg.max_seq_len, per_example=example_mean(spec))  # multitask weights
     train_rows, val_rows = split_rows(rows, cfg.val_share, cfg.seed)
@@ -301,11 +300,11 @@ def train(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
             n_target = sum(r.n_target * r.weight for mb in micro for r in mb)
         step_loss = 0.0
         for mb in micro:
-            if kd is not None:  # (1 - w) * CE + w * KL, each micro-batch's share of the step (pipeline/kd.py)
+            if kd is not None:  # (1 - w) * CE + w * KL, each micro-batch's share of the step (pipeline/kd.py, kd_text.py)
                 loss, value = kd.micro_loss(model, mb, pad_id, device, n_target, sum(len(m) for m in micro))
                 loss.backward()
                 step_loss += value * n_target  # history divides by n_target below
-                tokens += sum(e.length for r in mb for e in r.options)
+                tokens += kd.tokens(mb)
                 continue
             batch = collate(mb, pad_id, device)
             loss_sum, _ = supervised_loss(model, batch)
@@ -343,7 +342,8 @@ def train(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
         final_loss=history[-1]["loss"] if history else None, loss_history=history, val_losses=val_history,
         method=spec.student.method, device=device, val_examples=len(val_rows), resumed_from=resumed_from,
         stopped_early=stopped_early, fingerprint=fingerprint, workers=1, targets=cfg.targets,
-        kd_weight=None if kd is None else kd.weight, kd_temperature=None if kd is None else kd.temperature)
+        kd_weight=None if kd is None else kd.weight, kd_temperature=None if kd is None else kd.temperature,
+        kd_positions=None if kd is None else kd.positions(train_rows))
     _save_student(spec, model, tokenizer, device)
     _write_json(out / "training.json", asdict(summary))
     write_model_card(spec)

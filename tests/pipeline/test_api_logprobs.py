@@ -219,3 +219,33 @@ def test_teacher_logprobs_is_validated():
         load_spec(None, ["teacher.logprobs=21"])
     with pytest.raises(SpecError, match="teacher.logprobs"):
         load_spec(None, ["teacher.logprobs=-1"])
+
+
+# --- end to end -------------------------------------------------------------------------------------------------
+
+def test_distillery_run_with_logprobs_and_mixed_targets(tiny_model, tmp_path):
+    from pipeline.datasets import BUNDLED_DIR
+
+    def teacher(req):  # the answer token's top-k, as a provider sends it: " positive" with a leading space, a stray token
+        text = last_user(req).lower()
+        right = "negative" if any(w in text for w in ("bad", "dull", "boring", "worst", "not")) else "positive"
+        other = {"positive": "negative", "negative": "positive"}[right]
+        return Reply(text=right, logprobs=[(right, lp(0.8), [(right, lp(0.8)), (" " + other, lp(0.15)), ("The", lp(0.05))])])
+
+    out = tmp_path / "run"
+    with FakeLLMServer(responder=teacher) as server:
+        args = ["run", f"dataset.train={DATA / 'sst2.jsonl'}", f"dataset.test={BUNDLED_DIR / 'sst2' / 'test.jsonl'}", "dataset.train_size=16",
+                "dataset.test_size=8", "teacher.provider=openai", "teacher.model=fake-model", f"teacher.base_url={server.openai_base_url}",
+                "teacher.api_key_env=null", "teacher.logprobs=5", f"student.model={tiny_model}", "train.epochs=1", "train.batch_size=4",
+                "train.targets=mixed", "train.kd_weight=0.6", "eval.batch_size=8", f"out={out}"]
+        result = subprocess.run([sys.executable, "-m", "bot.cli", *args], capture_output=True, text=True, timeout=600, env=dict(os.environ))
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert all(r.body.get("top_logprobs") == 5 for r in server.requests)
+    labelled = [json.loads(ln) for ln in (out / "labels.jsonl").read_text().splitlines()]
+    assert len(labelled) == 16
+    for r in labelled:
+        assert r["soft"][r["label"]] == pytest.approx(0.8 / 0.95, abs=1e-5) and r["soft_mass"] == pytest.approx(0.05, abs=1e-5)
+    report = json.loads((out / "report.json").read_text())
+    assert report["targets"]["labels"] == "mixed" and report["targets"]["kd_weight"] == 0.6
+    assert report["targets"]["soft_labels"]["sources"] == {"logprobs": 16}
+    assert "mixed labels (train.targets=mixed, KL weight 0.6, temperature 1.0; soft labels: 16 from logprobs)" in (out / "report.md").read_text()

@@ -150,12 +150,10 @@ def test_kd_weight_zero_is_todays_loss(tiny_model, tmp_path):
     assert KDLoss.from_spec(make_spec(tmp_path / "x", tiny_model, rows, targets="mixed", kd_weight=0.0).train) is None
 
 
-def test_gradients_reach_the_head_only_at_supervised_positions(tiny_model):
+def hidden_grad(model, loss_of):
+    """|d loss / d hidden state| summed over features, [sequences, positions], for the loss `loss_of()` computes."""
     from pipeline.batching import decoder_parts
-    from pipeline.kd import KDLoss
 
-    rows = soft_records(4)
-    model, tok, kd_rows = _kd_rows(tiny_model, rows)
     body, _, _ = decoder_parts(model)
     seen = {}
 
@@ -165,11 +163,18 @@ def test_gradients_reach_the_head_only_at_supervised_positions(tiny_model):
 
     handle = body.register_forward_hook(keep)
     try:
-        loss, _ = KDLoss(weight=0.5, temperature=1.0).micro_loss(model, kd_rows, tok.pad_token_id, "cpu", 10, 4)
-        loss.backward()
+        loss_of().backward()
     finally:
         handle.remove()
-    grad = seen["hidden"].grad.abs().sum(dim=-1)  # [sequences, positions]
+    return seen["hidden"].grad.abs().sum(dim=-1)
+
+
+def test_gradients_reach_the_head_only_at_supervised_positions(tiny_model):
+    from pipeline.kd import KDLoss
+
+    rows = soft_records(4)
+    model, tok, kd_rows = _kd_rows(tiny_model, rows)
+    grad = hidden_grad(model, lambda: KDLoss(weight=0.5, temperature=1.0).micro_loss(model, kd_rows, tok.pad_token_id, "cpu", 10, 4)[0])
     seqs = [(r, k, e) for r in kd_rows for k, e in enumerate(r.options)]
     assert grad.shape[0] == len(seqs)
     for b, (r, k, e) in enumerate(seqs):
@@ -235,6 +240,8 @@ def test_plan_notes_say_when_soft_targets_cannot_work():
     assert "hard labels only" in notes("task=classification", "teacher.provider=openai", "teacher.model=m", "train.targets=mixed")
     assert "on free text (summarization)" in notes("task=summarization", "train.targets=soft")
     assert "train.targets" not in notes("task=summarization", "train.targets=soft", "teacher.provider=openai", "teacher.model=m", "teacher.logprobs=5")
+    assert "train.kd_temperature=2 has no effect on free text" in notes("task=summarization", "train.targets=soft", "teacher.provider=openai",
+                                                                        "teacher.model=m", "teacher.logprobs=5", "train.kd_temperature=2")
     assert "train.targets" not in notes("task=classification", "teacher.provider=openai", "teacher.model=m", "train.targets=mixed", "teacher.logprobs=5")
     assert "train.targets" not in notes("task=classification", "teacher.provider=local", "train.targets=mixed")
     assert "train.targets" not in notes("task=classification", "teacher.provider=openai", "teacher.model=m", "train.targets=mixed",
