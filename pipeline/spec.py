@@ -92,6 +92,7 @@ class TeacherSpec(_Strict):
     self_consistency: int = Field(1, ge=1, le=32)  # n samples per row, majority vote
     logprobs: int = Field(0, ge=0, le=20)  # openai/azure: ask for the top-K log-probabilities of each answer token (0: off;
     # 20 is the OpenAI/vLLM limit, Azure OpenAI may cap at 5): soft labels on closed sets, per-token top-k for free text
+    # (the local teacher computes that top-k itself; its closed-set soft labels need no logprobs)
     min_agreement: float = Field(0.0, ge=0.0, le=1.0)  # with self_consistency: share of samples agreeing
     min_confidence: float | None = Field(None, ge=0.0, le=1.0)  # reject rows the teacher is less sure of
     agree_with_gold: bool = False  # reject rows whose label disagrees with the dataset's gold label

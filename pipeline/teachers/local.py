@@ -4,7 +4,9 @@
     answers = await teacher.answer_batch(requests)     # one batch of forward passes in a worker thread
 
 Requests with options are answered by log-likelihood scoring (the best option, with a probability per option);
-the others by generation. Prompts are plain few-shot text for base models (no chat template of their own) and
+the others by generation; with teacher.logprobs=K a generated answer also gets its per-token top-K (one extra
+teacher-forced forward pass over prompt + answer, the LM head only at the answer's positions), in the shape API
+teachers send (TeacherAnswer.logprobs), for free-text soft targets. Prompts are plain few-shot text for base models (no chat template of their own) and
 the chat template otherwise; teacher.prompt_format forces one or the other.
 """
 
@@ -26,7 +28,7 @@ class LocalTeacher(Teacher):
 
     @classmethod
     def logprobs_refusal(cls, spec) -> str | None:
-        return "the local teacher does not use it (it scores every option of a closed answer set itself, and gives no per-token top-k)"
+        return None  # closed sets: every option is scored anyway; free text: top-k by one teacher-forced pass
 
     def __init__(self, spec) -> None:
         super().__init__(spec)
@@ -111,7 +113,38 @@ class LocalTeacher(Teacher):
         for (max_tokens, temperature, top_p, stop), idx in groups.items():
             gens = generate(model, tokenizer, [prompts[i] for i in idx], max_new_tokens=max_tokens, temperature=temperature,
                             top_p=top_p, stop=list(stop) or None, batch_size=self.batch_size)
+            k = getattr(self.spec, "logprobs", 0)
             for i, g in zip(idx, gens):
                 answers[i] = TeacherAnswer(text=g.text, finish_reason=g.finish_reason, prompt_tokens=g.prompt_tokens,
-                                           completion_tokens=g.completion_tokens)
+                                           completion_tokens=g.completion_tokens,
+                                           logprobs=answer_topk(model, tokenizer, prompts[i], g.text, k) if k else None)
         return answers  # type: ignore[return-value]
+
+
+def answer_topk(model, tokenizer, prompt: str, text: str, k: int) -> list | None:
+    """Per token of `text` after `prompt`: [token, logprob, [[alternative, logprob], ...] (top k)], as API teachers send them."""
+    import torch
+
+    from ..batching import decoder_parts
+    from ..scoring import encode_prompt
+
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    answer_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not answer_ids:
+        return None
+    body, head, cap = decoder_parts(model)
+    ids = torch.tensor([prompt_ids + answer_ids], device=next(model.parameters()).device)
+    with torch.no_grad():
+        hidden = body(input_ids=ids, use_cache=False).last_hidden_state[0, len(prompt_ids) - 1:-1]
+        logits = head(hidden).float()
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        logp = torch.log_softmax(logits, dim=-1)
+        top = logp.topk(min(k, logp.shape[-1]), dim=-1)
+
+    def piece(i: int) -> str:
+        return tokenizer.decode([i], clean_up_tokenization_spaces=False)
+
+    written = logp.gather(1, torch.tensor(answer_ids, device=logp.device)[:, None])[:, 0].tolist()
+    return [[piece(t), round(lp, 5), [[piece(i), round(v, 5)] for v, i in zip(vals, idx)]]
+            for t, lp, vals, idx in zip(answer_ids, written, top.values.tolist(), top.indices.tolist())]

@@ -182,3 +182,50 @@ def test_soft_targets_on_free_text_need_a_top_k(tiny_model, tmp_path):
         del r["topk"]
     with pytest.raises(TrainingError, match="none of the 3 labelled rows has the teacher's per-token top-k"):
         train(make_spec(tmp_path / "run", tiny_model, recs, targets="soft"))
+
+
+def test_the_local_teacher_gives_free_text_its_per_token_top_k(tiny_model):
+    import asyncio
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.scoring import encode_prompt
+    from pipeline.teachers import TeacherRequest, get_teacher
+
+    spec = TeacherSpec(provider="local", model=str(tiny_model), device="cpu", prompt_format="chat", logprobs=4, batch_size=2)
+    teacher = get_teacher("local")(spec)
+    msgs = [{"role": "user", "content": "Text:\nperson said hello how are you"}]
+    ans = asyncio.run(teacher.answer_batch([TeacherRequest(msgs, {"max_tokens": 6, "temperature": 0.0})]))[0]
+    tok = _tok(tiny_model)
+    written = [p[0] for p in ans.logprobs]
+    assert "".join(written) == ans.text and len(written) == len(tok(ans.text, add_special_tokens=False)["input_ids"])
+    assert all(len(p[2]) == 4 and p[2][0][0] == p[0] for p in ans.logprobs)  # greedy: the written token is the top one
+
+    from pipeline.models import render_chat  # the reference: a plain forward over prompt + answer
+
+    prompt_ids = encode_prompt(tok, render_chat(tok, msgs))
+    answer_ids = tok(ans.text, add_special_tokens=False)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([prompt_ids + answer_ids])).logits[0].float(), dim=-1)
+    for j, (t, pos) in enumerate(zip(answer_ids, ans.logprobs)):
+        assert pos[1] == pytest.approx(float(logp[len(prompt_ids) + j - 1, t]), abs=1e-4)
+    no_k = TeacherSpec(provider="local", model=str(tiny_model), device="cpu", prompt_format="chat", batch_size=2)
+    assert asyncio.run(get_teacher("local")(no_k).answer_batch([TeacherRequest(msgs, {"max_tokens": 6})]))[0].logprobs is None
+
+
+@pytest.mark.gemma
+def test_gemma_token_strings_map_back_to_gemma_tokens(gemma_path):
+    """A Gemma teacher's top-k (token strings as an API sends them: "▁" as a space) maps onto a Gemma student whole,
+    accents and symbols included; only the tokenizer is loaded."""
+    from transformers import AutoTokenizer
+
+    from pipeline.kd_text import TokenMap, align
+
+    tok = AutoTokenizer.from_pretrained(gemma_path)
+    target = "#Person1# asks #Person2# about breathing trouble; it happens when they work out. Café naïve — 42%!"
+    ids = tok(target, add_special_tokens=False)["input_ids"]
+    topk = [[[tok.decode([i], clean_up_tokenization_spaces=False), -0.1], [" the", -2.0], ["The", -3.0]] for i in ids]
+    got = align(target, topk, tok, TokenMap(tok))
+    assert [g[0][0] for g in got] == ids and all(len(g[0]) == 3 for g in got)
