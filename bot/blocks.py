@@ -262,11 +262,24 @@ def report_message(run_id: str, report: dict[str, Any]) -> dict[str, Any]:
         *[{"type": "section", "text": {"type": "mrkdwn", "text": f":warning: *Warning:* {w}"[:2900]}} for w in warnings],
         *_fields([("Gap closed", f"{gap_text}  _(distilled - base) / (teacher - base)_"),
                   ("Labelling", labelling), ("Training", training),
+                  *([("Targets", _targets_text(report["targets"]))] if report.get("targets") else []),
                   ("Adapter", f"`{paths.get('adapter', '?')}`")]),
     ]
+    from pipeline.report import judged_lines  # free text: the judge's win/tie/loss rates and its cost
+
+    judged = judged_lines(report)
+    if judged:
+        blocks.insert(2, {"type": "section", "text": {"type": "mrkdwn", "text": ("*Judged*\n" + "\n".join(judged))[:2900]}})
     if paths.get("adapter"):
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "*Load it*\n```" + load_lines(report) + "```"}})
     return {"text": headline, "blocks": blocks}
+
+
+def _targets_text(targets: dict[str, Any]) -> str:
+    """What the student learnt from: the rationale mode and the label targets (report.json `targets`)."""
+    labels = targets.get("labels") or "hard"
+    rationale = targets.get("rationale_text") or ("yes" if targets.get("rationales_in_targets") else "no (answer only)")
+    return f"rationales: {rationale}; labels: {labels}" + (f" (KL weight {targets.get('kd_weight')})" if labels != "hard" else "")
 
 
 def load_lines(report: dict[str, Any]) -> str:

@@ -10,6 +10,8 @@ failure never counts as a wrong answer; free-form tasks generate and parse, and 
 (unparseable, truncated at eval.max_new_tokens, ...) are counted for the report. Each model is loaded for its
 stage and freed after it. The test split is never labelled for training. Finished parts are kept in
 evaluation.json under a fingerprint of everything they depend on, so a re-run only does what is missing.
+Free text (summarization, chat) is then judged pairwise against the references when a judge is configured
+(pipeline/judge.py, eval.judge): evaluation.json `judged`, verdicts cached in judge_answers.jsonl.
 """
 
 from __future__ import annotations
@@ -265,6 +267,11 @@ def evaluate_run(spec, progress: ProgressFn | None = None, should_stop=None) -> 
         state["results"][name] = {**result.to_dict(), "fingerprint": prints[name]}
         _write_predictions(out / f"predictions_{name}.jsonl", result.predictions)
         _save_state(path, state)
+    from .judge import judge_run
+
+    judged = judge_run(spec, examples, progress, should_stop)  # free text: pairwise verdicts, cached (pipeline/judge.py)
+    if judged is not None:
+        state["judged"] = judged
     _save_state(path, state)
     return state
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from .targets import rationale_mode, rationale_text, student_reasons
 
-__all__ = ["build_report", "render_markdown", "write_report", "gap_closed", "outcome_warnings", "gap_text"]
+__all__ = ["build_report", "render_markdown", "write_report", "gap_closed", "outcome_warnings", "gap_text", "judged_lines"]
 
 ORDER = ("teacher", "student_base", "student_distilled")
 
@@ -140,6 +140,7 @@ def build_report(spec, labelling: dict[str, Any], training: dict[str, Any], eval
                     "labels": training.get("targets", "hard"), "kd_weight": training.get("kd_weight"),
                     "kd_temperature": training.get("kd_temperature"), "kd_positions": training.get("kd_positions"),
                     "soft_labels": labelling.get("soft_labels") or {}},
+        "judged": evaluation.get("judged"),  # free text: pairwise verdicts vs the reference (pipeline/judge.py), or None
         "teacher": {"provider": spec.teacher.provider, "model": spec.teacher.model, "few_shot": spec.teacher.few_shot,
                     "chain_of_thought": spec.teacher.chain_of_thought},
         "student": {"model": spec.student.model, "method": spec.student.method},
@@ -178,6 +179,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| student_base | {_fmt(s.get('student_base'), metric)} |",
         f"| student_distilled | {_fmt(s.get('student_distilled'), metric)} |",
         "",
+        *judged_lines(report, markdown=True),
         f"Gap closed: {gap_text(report)} (distilled - base) / (teacher - base), on {report['evaluation']['examples']} test rows.",
         *[f"**Warning:** {w}" for w in report.get("warnings") or []],
         *_cue_line(report),
@@ -192,6 +194,43 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Adapter: `{report['paths']['adapter']}`",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.0f} %"
+
+
+def _rate(part: dict[str, Any], kind: str) -> str:
+    ci = (part.get("ci95") or {}).get(kind)
+    interval = f" [{ci[0] * 100:.0f}-{ci[1] * 100:.0f}]" if ci else ""
+    return f"{_pct(part.get(kind + '_rate'))}{interval}"
+
+
+def judged_lines(report: dict[str, Any], markdown: bool = False) -> list[str]:
+    """The judged evaluation in words (report.md with a table, Slack and chat as plain lines); [] when not judged."""
+    judged = report.get("judged") or {}
+    judge = judged.get("judge") or {}
+    if not judge:
+        return []
+    who = f"{judge.get('provider')}/{judge.get('model')}"
+    if judge.get("error"):
+        return [f"Judged evaluation by {who} did not run: {judge['error']}", ""] if markdown else [f"Judge {who}: not run ({judge['error']})"]
+    against = "the teacher's answers" if judge.get("opponent") == "teacher" else "the reference answers"
+    head = (f"Judged by {who} against {against}: pairwise, both orders (a win needs both; disagreement is a tie); "
+            "95 % Wilson intervals in brackets.")
+    rows = []
+    for name, part in (judged.get("parts") or {}).items():
+        left_out = ", ".join(f"{part[k]} {k.replace('_', ' ')}" for k in ("unparseable", "failed") if part.get(k))
+        rows.append((name, _rate(part, "win"), _rate(part, "tie"), _rate(part, "loss"), _pct(part.get("score")), part.get("n", 0),
+                     (left_out + " left out") if left_out else ""))
+    cost = (f"Judge: {judge.get('requests', 0)} verdicts ({judge.get('sent', 0)} sent this run), {judge.get('prompt_tokens', 0):,} prompt + "
+            f"{judge.get('completion_tokens', 0):,} completion tokens, ${judge.get('cost_usd', 0.0):.4f}.")
+    if not markdown:
+        return [f"{head}"] + [f"{n}: win {w}, tie {t}, loss {l}; score {sc} on {k} rows" + (f" ({x})" if x else "")
+                              for n, w, t, l, sc, k, x in rows] + [cost]
+    table = ["| model | win | tie | loss | score (win + tie/2) | rows | left out |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    table += [f"| {n} | {w} | {t} | {l} | {sc} | {k} | {x or '-'} |" for n, w, t, l, sc, k, x in rows]
+    return ["", head, "", *table, "", cost, ""]
 
 
 def _rationale_phrase(targets: dict[str, Any]) -> str:

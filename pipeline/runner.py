@@ -28,6 +28,7 @@ def run(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bool
         on_stage: StageFn | None = None) -> dict[str, Any]:
     """Run every stage that is not finished yet and return report.json's content."""
     from .evaluation import evaluate_run
+    from .judge import judge_spec
     from .models import clear_model_cache, free_memory
     from .labelling import label
     from .report import build_report, write_report
@@ -43,8 +44,10 @@ def run(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bool
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
 
-    # 2. fail early on what training would refuse (QLoRA without CUDA), before any teacher token is spent
+    # 2. fail early on what training would refuse (QLoRA without CUDA) or an unknown judge profile (eval.judge),
+    #    before any teacher token is spent
     check_student(spec)
+    judge_spec(spec)
 
     # 3. teacher labels the training rows (answers already in the cache are reused, never sent again)
     stage("labelling", "started")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SpecError
 
@@ -166,6 +166,14 @@ class EvalSpec(_Strict):
     batch_tokens: int = Field(8192, ge=64)  # memory budget: padded tokens (rows x (prompt + new tokens)) per forward pass
     max_new_tokens: int = Field(256, ge=1)  # free-form tasks
     teacher: bool = True  # also score the teacher on the test split
+    judge: str = Field("auto", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")  # free text (summarization, chat):
+    # auto (the run's teacher when it is an API teacher; off for the local one) | teacher | off | a teacher profile name
+
+    @field_validator("judge", mode="before")
+    @classmethod
+    def _judge_words(cls, value: Any) -> Any:
+        """YAML reads `off`/`no`/`false` as False and `on`/`true` as True: those mean off and auto."""
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
 
 
 class RunSpec(_Strict):

@@ -148,9 +148,10 @@ def spec_notes(spec) -> list[str]:
     if _multitask(spec) and (getattr(spec.train, "targets", "hard") != "hard" or spec.train.workers > 1):
         notes.append("train.rationale=multitask trains on hard labels in one process; set train.targets=hard and train.workers=1 "
                      "(training would stop otherwise).")
+    from .judge import judge_sentence  # who judges free text (eval.judge), or why nobody does
     from .teachers.base import logprobs_note  # teacher.logprobs on a teacher or model that returns none
 
-    notes += [n for n in (soft_label_note(spec), logprobs_note(spec)) if n]
+    notes += [n for n in (soft_label_note(spec), logprobs_note(spec), judge_sentence(spec)) if n]
     return notes
 
 

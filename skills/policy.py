@@ -34,6 +34,7 @@ CHAT_KEYS: frozenset[str] = frozenset({
     "train.gradient_checkpointing", "train.merge", "train.rationale", "train.rationale_weight",
     "train.targets", "train.kd_weight", "train.kd_temperature",
     "eval.batch_size", "eval.batch_tokens", "eval.max_new_tokens", "eval.teacher",
+    "eval.judge",  # auto | teacher | off | an operator's teacher profile name (never an endpoint)
 })
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")

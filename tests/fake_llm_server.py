@@ -27,6 +27,10 @@ it the text is cut into words (each with its leading space) and every word gets 
 alternatives up to top_logprobs. `FakeLLMServer(refuse_logprobs=True)` answers a request asking for them with
 OpenAI's HTTP 400 for reasoning models ("Unsupported parameter: 'logprobs' ...").
 
+Judge mode (pipeline/judge.py's pairwise prompts): `FakeLLMServer(judge=fn)` answers every request whose system
+message is the judge's rubric (it starts with JUDGE_SYSTEM_START) with `fn(JudgeCall)`, a str or a Reply; a
+JudgeCall has the request text, answer_a, answer_b and the FakeRequest. Other requests go to the responder as usual.
+
 Rate-limit mode (a provider's limit as a token bucket): `FakeLLMServer(rate_limit=10, burst=10)` admits 10
 chat requests per second with bursts of up to 10; above it a request gets 429 at once with Retry-After (integer
 seconds, rounded up, as HTTP says; `retry_after="exact"` fractional seconds, "ms" adds retry-after-ms, "none"
@@ -54,7 +58,7 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["FakeLLMServer", "FakeRequest", "Reply", "last_user", "logprobs_content"]
+__all__ = ["FakeLLMServer", "FakeRequest", "Reply", "JudgeCall", "last_user", "logprobs_content", "JUDGE_SYSTEM_START"]
 
 
 @dataclass
@@ -103,6 +107,29 @@ def last_user(req: FakeRequest) -> str:
 
 Responder = Callable[[FakeRequest], "str | Reply | None"]
 
+JUDGE_SYSTEM_START = "You are an impartial judge."  # the first words of pipeline.judge.RUBRIC
+
+
+@dataclass
+class JudgeCall:
+    """A pairwise judge request as the fake server read it."""
+
+    request: str  # the [Request] section: the conversation or text the answers respond to
+    answer_a: str
+    answer_b: str
+    req: FakeRequest
+
+
+def judge_call(req: FakeRequest) -> JudgeCall | None:
+    """The judge request in `req`, or None when it is not one (its system message is not the judge's rubric)."""
+    import re
+
+    system = next((str(m.get("content")) for m in req.messages if m.get("role") == "system"), "")
+    if not system.startswith(JUDGE_SYSTEM_START):
+        return None
+    m = re.fullmatch(r"\[Request\]\n(.*)\n\n\[Answer A\]\n(.*)\n\n\[Answer B\]\n(.*)", last_user(req), re.S)
+    return JudgeCall(m.group(1), m.group(2), m.group(3), req) if m else None
+
 
 def logprobs_content(reply: Reply, top: int) -> list[dict[str, Any]]:
     """choices[0].logprobs.content for a reply: its scripted tokens, else its words with made-up alternatives."""
@@ -121,8 +148,9 @@ class FakeLLMServer:
 
     def __init__(self, responder: Responder | None = None, latency: float = 0.0, record: bool = True, port: int = 0,
                  rate_limit: float | None = None, burst: float | None = None, retry_after: str = "ceil", ratelimit_headers: bool = False,
-                 refuse_logprobs: bool = False):
+                 refuse_logprobs: bool = False, judge: Callable[[JudgeCall], "str | Reply | None"] | None = None):
         self.responder = responder
+        self.judge = judge  # answers judge prompts (see JudgeCall); None: they go to the responder like any request
         self.refuse_logprobs = refuse_logprobs  # 400 for any request asking for logprobs (as reasoning models answer)
         self.latency = latency  # added to every chat request
         self.record = record
@@ -245,7 +273,11 @@ class FakeLLMServer:
                 self.requests.append(req)
             queued = self._queue.pop(0) if self._queue else None
         reply = queued
-        if reply is None and self.responder is not None:
+        call = judge_call(req) if reply is None and self.judge is not None else None
+        if call is not None:
+            out = self.judge(call)
+            reply = Reply(text=out) if isinstance(out, str) else out
+        elif reply is None and self.responder is not None:
             out = self.responder(req)
             reply = Reply(text=out) if isinstance(out, str) else out
         reply = reply or Reply()

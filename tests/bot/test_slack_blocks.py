@@ -107,3 +107,19 @@ def test_a_zero_cost_is_free_only_for_the_local_teacher():
     local = _texts(blocks.plan_card("plan-1", {**base, "teacher": "local", "teacher_provider": "local"}))
     assert "free (local)" not in api and "no price set for this teacher" in api
     assert "free (local)" in local
+
+
+def test_report_message_shows_the_judged_rates_and_the_targets():
+    judged = {"judge": {"provider": "openai", "model": "big-judge", "opponent": "reference", "requests": 16, "sent": 16,
+                        "prompt_tokens": 16000, "completion_tokens": 64, "cost_usd": 0.0321},
+              "parts": {"student_distilled": {"n": 8, "wins": 6, "ties": 1, "losses": 1, "win_rate": 0.75, "tie_rate": 0.125,
+                                              "loss_rate": 0.125, "score": 0.8125, "ci95": {"win": [0.4093, 0.9285], "tie": [0.0224, 0.4709],
+                                                                                            "loss": [0.0224, 0.4709]},
+                                              "unparseable": 1, "failed": 0, "no_answer": 0}}}
+    report = {"task": "chat", "metric": "rouge_l", "scores": {"teacher": 0.9, "student_base": 0.2, "student_distilled": 0.4},
+              "evaluation": {"examples": 8}, "paths": {}, "judged": judged,
+              "targets": {"rationale": "multitask", "rationale_text": "as a second task (rationale weight 0.5)", "labels": "hard"}}
+    text = _texts(blocks.report_message("ab12", report))
+    for expected in ("Judged by openai/big-judge against the reference answers", "student_distilled: win 75 % [41-93], tie 12 % [2-47], "
+                     "loss 12 % [2-47]; score 81 % on 8 rows (1 unparseable left out)", "$0.0321", "rationales: as a second task"):
+        assert expected in text, expected
