@@ -25,7 +25,7 @@ CHAT_KEYS: frozenset[str] = frozenset({
     "task", "labels",
     "dataset.train_size", "dataset.test_size", "dataset.test_share", "dataset.seed",
     "teacher.few_shot", "teacher.chain_of_thought", "teacher.self_consistency", "teacher.min_agreement",
-    "teacher.min_confidence", "teacher.agree_with_gold",
+    "teacher.min_confidence", "teacher.agree_with_gold", "teacher.logprobs",
     "teacher.params.max_tokens", "teacher.params.temperature", "teacher.params.top_p",
     "student.method", "student.lora.rank", "student.lora.alpha", "student.lora.dropout",
     "train.learning_rate", "train.epochs", "train.max_steps", "train.batch_size", "train.grad_accum",

@@ -271,7 +271,8 @@ class OpenAITeacher(Teacher):
         if isinstance(err, openai.APIStatusError):
             if err.status_code == 400 and getattr(self.spec, "logprobs", 0) and "logprob" in f"{err.message} {err.body}".lower():
                 refused = TeacherError(f"the teacher at {self.url} refuses log-probabilities for model '{self.spec.model}' (HTTP 400); "
-                                       "set teacher.logprobs=0 to label with hard labels, or choose a model that returns them.")
+                                       "set teacher.logprobs=0 to label with hard labels, lower it (Azure OpenAI allows at most 5), "
+                                       "or choose a model that returns them.")
                 refused.fatal = True  # type: ignore[attr-defined]  # every row would fail the same way
                 return refused
             return status_error(err.status_code, err.response.headers, err.message, self.url, self.spec.api_key_env, self.spec.model, self.credential)

@@ -249,3 +249,45 @@ def test_distillery_run_with_logprobs_and_mixed_targets(tiny_model, tmp_path):
     assert report["targets"]["labels"] == "mixed" and report["targets"]["kd_weight"] == 0.6
     assert report["targets"]["soft_labels"]["sources"] == {"logprobs": 16}
     assert "mixed labels (train.targets=mixed, KL weight 0.6, temperature 1.0; soft labels: 16 from logprobs)" in (out / "report.md").read_text()
+
+
+def test_plans_from_chat_and_mcp_may_ask_for_logprobs_and_say_when_the_teacher_refuses(isolated_home):
+    from skills import operations as ops
+    from teacher_profiles import write_profiles
+
+    write_profiles(isolated_home, {"reasoner": {"provider": "openai", "model": "o4-mini", "base_url": "http://127.0.0.1:9/v1",
+                                                "api_key_env": "OPENAI_API_KEY"},
+                                   "mini": {"provider": "openai", "model": "gpt-4o-mini", "base_url": "http://127.0.0.1:9/v1",
+                                            "api_key_env": "OPENAI_API_KEY"}})
+    overrides = {"teacher.logprobs": 5, "train.targets": "mixed"}
+    plan = ops.plan_distillation("sst2", "gemma-3-270m", "reasoner", rows=12, overrides=overrides, requested_by="U1")
+    sentence = ("teacher.logprobs=5 has no effect: model 'o4-mini' is a reasoning model and those return no log-probabilities, "
+                "so rows get hard labels (set teacher.logprobs=0, or choose a model that returns them).")
+    assert sentence in plan.summary["notes"] and f"Note: {sentence}" in ops.plan_text(plan)
+    assert any("hard labels only, so training would stop" in n for n in plan.summary["notes"])  # mixed cannot work either
+    plan = ops.plan_distillation("sst2", "gemma-3-270m", "mini", rows=12, overrides=overrides, requested_by="U1")
+    assert not any("teacher.logprobs" in n or "train.targets" in n for n in plan.summary["notes"])
+
+
+def test_distillery_run_on_free_text_trains_on_the_teachers_top_k(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)  # the teacher shares the student's tokenizer (same family)
+    summary = "person said hello how are you"
+    tokens = [(tok.decode([i]), lp(0.7), [(tok.decode([i]), lp(0.7)), (" good", lp(0.2))]) for i in tok(summary)["input_ids"]]
+    out = tmp_path / "run"
+    with FakeLLMServer(responder=lambda req: Reply(text=summary, logprobs=tokens)) as server:
+        args = ["run", f"dataset.train={DATA / 'dialogsum.jsonl'}", f"dataset.test={DATA / 'dialogsum_test.jsonl'}", "task=summarization",
+                "dataset.train_size=8", "dataset.test_size=3", "teacher.provider=openai", "teacher.model=fake-model",
+                f"teacher.base_url={server.openai_base_url}", "teacher.api_key_env=null", "teacher.logprobs=5", f"student.model={tiny_model}",
+                "train.epochs=1", "train.batch_size=4", "train.targets=mixed", "train.kd_weight=0.5", "eval.max_new_tokens=8", f"out={out}"]
+        result = subprocess.run([sys.executable, "-m", "bot.cli", *args], capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-3000:]
+    labelled = [json.loads(ln) for ln in (out / "labels.jsonl").read_text().splitlines()]
+    assert len(labelled) == 8 and all(len(r["topk"]) == len(tokens) for r in labelled)
+    training = json.loads((out / "training.json").read_text())
+    assert training["kd_positions"] == {"kl": 8 * len(tokens), "ce_only": 0}  # every answer token mapped
+    report = json.loads((out / "report.json").read_text())
+    assert report["targets"]["labels"] == "mixed" and report["targets"]["kd_positions"]["kl"] == 8 * len(tokens)
+    assert (f"mixed labels (train.targets=mixed, KL weight 0.5; top-k KL at {8 * len(tokens)} answer tokens, plain cross-entropy at 0"
+            in (out / "report.md").read_text())
