@@ -37,9 +37,12 @@ def run_config(work: Path, first: Path | None, targets: str, seed: int, extra: l
     out = work / f"{targets}-s{seed}"
     out.mkdir(parents=True, exist_ok=True)
     if first is not None:  # the labels and the configuration-independent evaluation parts
-        for name in SHARED:
+        same = _same_config(first, targets, seed)
+        for name in SHARED + (("student", "training.json", "checkpoints") if same else ()):
             if (first / name).is_file() and not (out / name).exists():
                 shutil.copy2(first / name, out / name)
+            elif same and (first / name).is_dir() and not (out / name).exists():
+                shutil.copytree(first / name, out / name, symlinks=False)
     spec = load_spec(None, [f"out={out}", f"train.targets={targets}", f"train.seed={seed}", *extra])
     started = time.perf_counter()
     report = run(spec)
@@ -52,6 +55,18 @@ def run_config(work: Path, first: Path | None, targets: str, seed: int, extra: l
             "teacher": scores.get("teacher"), "student_base": scores.get("student_base"),
             "student_distilled": scores.get("student_distilled"), "steps": training.get("steps"),
             "final_loss": training.get("final_loss")}
+
+
+def _same_config(folder: Path, targets: str, seed: int) -> bool:
+    """Whether a finished run folder trained this very configuration (its student is then reused: train() and
+    evaluation keep finished work only while their fingerprints match, so a mismatch is retrained, never misreported)."""
+    import yaml
+
+    try:
+        train = (yaml.safe_load((folder / "spec.yaml").read_text()) or {}).get("train") or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    return train.get("targets", "hard") == targets and int(train.get("seed", 0)) == seed
 
 
 def summarise(results: list[dict]) -> dict:
