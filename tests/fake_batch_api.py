@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from fake_llm_server import FakeLLMServer, Reply
+from fake_llm_server import FakeLLMServer, Reply, logprobs_content
 
 __all__ = ["FakeBatchAPI"]
 
@@ -258,6 +258,8 @@ class FakeBatchAPI(FakeLLMServer):
         completion = {"id": f"chatcmpl-{rid}", "object": "chat.completion", "created": int(time.time()), "model": body.get("model"),
                       "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
                       "usage": {"prompt_tokens": prompt, "completion_tokens": len(text.split()), "total_tokens": prompt + len(text.split())}}
+        if body.get("logprobs"):  # as the chat route sends them (fake_llm_server.logprobs_content)
+            completion["choices"][0]["logprobs"] = {"content": logprobs_content(Reply(text=text), int(body.get("top_logprobs") or 0))}
         return {"id": _new_id("batch_req"), "custom_id": line["custom_id"], "error": None,
                 "response": {"status_code": 200, "request_id": rid, "body": completion}}
 

@@ -291,3 +291,17 @@ def test_distillery_run_on_free_text_trains_on_the_teachers_top_k(tiny_model, tm
     assert report["targets"]["labels"] == "mixed" and report["targets"]["kd_positions"]["kl"] == 8 * len(tokens)
     assert (f"mixed labels (train.targets=mixed, KL weight 0.5; top-k KL at {8 * len(tokens)} answer tokens, plain cross-entropy at 0"
             in (out / "report.md").read_text())
+
+
+def test_batch_labelling_asks_for_logprobs_and_keeps_them(tmp_path):
+    from fake_batch_api import FakeBatchAPI
+
+    def answer(body):
+        return "positive" if "good" in body["messages"][-1]["content"] else "negative"
+
+    with FakeBatchAPI(answer=answer) as api:
+        summary = label(_spec(api, _rows(tmp_path), tmp_path / "run", "teacher.batch=true", "teacher.batch_poll_s=0.05", "teacher.logprobs=3"))
+    assert summary.accepted == 8 and summary.soft_labels["sources"] == {"logprobs": 8}
+    for r in (json.loads(ln) for ln in (tmp_path / "run" / "labels.jsonl").read_text().splitlines()):
+        # the fake gives the written word logprob -0.01 and made-up alternatives: all mass on the label, e^-0.01 inside
+        assert r["soft"][r["label"]] == 1.0 and r["soft_mass"] == pytest.approx(1 - math.exp(-0.01), abs=1e-6)
