@@ -70,7 +70,10 @@ def judge_spec(spec):
 
         base = TeacherSpec.model_validate(load_profiles().get(choice).section)  # SpecError naming the known profiles
     params = base.params.model_copy(update={"temperature": 0.0, "top_p": 1.0})
-    return base.model_copy(update={"params": params, "batch": False, "self_consistency": 1, "few_shot": 0})
+    update = {"params": params, "batch": False, "self_consistency": 1, "few_shot": 0}
+    if "logprobs" in type(base).model_fields:
+        update["logprobs"] = 0  # a verdict needs no log-probabilities (and reasoning models refuse them)
+    return base.model_copy(update=update)
 
 
 def judge_sentence(spec) -> str | None:
@@ -84,7 +87,8 @@ def judge_sentence(spec) -> str | None:
             return ("free text is not judged with the local teacher (eval.judge=auto); name a teacher profile in eval.judge "
                     "for a judged score.")
         return None
-    return f"answers are judged pairwise by {judge.provider}/{judge.model} (eval.judge={spec.eval.judge}), both orders."
+    return (f"free-text answers are judged pairwise by {judge.provider}/{judge.model} (eval.judge={spec.eval.judge}): at most 4 "
+            "verdict requests per test row (2 students x 2 orders), cached; eval.judge=off skips them.")
 
 
 def _request_text(messages: list[dict[str, Any]]) -> str:

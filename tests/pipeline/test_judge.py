@@ -78,6 +78,8 @@ def test_wilson_interval_matches_the_formula():
 def test_judge_defaults_and_profiles(tmp_path, isolated_home):
     assert judge_spec(_spec(tmp_path)).model == "judge-model"  # auto: the run's API teacher
     assert judge_spec(_spec(tmp_path)).params.temperature == 0.0
+    assert judge_spec(_spec(tmp_path, "http://127.0.0.1:9/v1", "teacher.logprobs=5", "teacher.batch=true")).model_dump(
+        include={"logprobs", "batch"}) == {"logprobs": 0, "batch": False}  # verdicts ask for neither
     assert judge_spec(_spec(tmp_path, "http://127.0.0.1:9/v1", "eval.judge=off")) is None
     local = load_spec(None, ["task=summarization", f"dataset.train={DATA / 'dialogsum.jsonl'}"])
     assert judge_spec(local) is None  # auto: never the local 270M teacher
@@ -87,6 +89,12 @@ def test_judge_defaults_and_profiles(tmp_path, isolated_home):
     assert judge_spec(_spec(tmp_path, "http://127.0.0.1:9/v1", "eval.judge=big")).model == "big-judge"
     with pytest.raises(SpecError, match="big"):
         judge_spec(_spec(tmp_path, "http://127.0.0.1:9/v1", "eval.judge=nosuch"))
+    from pipeline.targets import spec_notes
+
+    assert any("judged pairwise by openai/big-judge" in n and "4 verdict requests per test row" in n
+               for n in spec_notes(_spec(tmp_path, "http://127.0.0.1:9/v1", "eval.judge=big")))
+    assert any("not judged with the local teacher" in n for n in spec_notes(local))
+    assert any("nosuch" in n for n in spec_notes(_spec(tmp_path, "http://127.0.0.1:9/v1", "eval.judge=nosuch")))
 
 
 def test_each_row_is_judged_in_both_orders_and_position_bias_becomes_ties(tmp_path):
