@@ -279,7 +279,11 @@ def _targets_text(targets: dict[str, Any]) -> str:
     """What the student learnt from: the rationale mode and the label targets (report.json `targets`)."""
     labels = targets.get("labels") or "hard"
     rationale = targets.get("rationale_text") or ("yes" if targets.get("rationales_in_targets") else "no (answer only)")
-    return f"rationales: {rationale}; labels: {labels}" + (f" (KL weight {targets.get('kd_weight')})" if labels != "hard" else "")
+    from pipeline.report import soft_source_text  # e.g. "soft labels: 16 from logprobs"
+
+    source = soft_source_text(targets) if labels != "hard" else ""
+    return (f"rationales: {rationale}; labels: {labels}" + (f" (KL weight {targets.get('kd_weight')})" if labels != "hard" else "")
+            + (f"; {source}" if source else ""))
 
 
 def load_lines(report: dict[str, Any]) -> str:

@@ -239,16 +239,22 @@ def _rationale_phrase(targets: dict[str, Any]) -> str:
     return "trained on " + ("rationale + answer" if targets.get("rationales_in_targets") else "answer-only") + " targets"
 
 
+def soft_source_text(targets: dict[str, Any]) -> str:
+    """Where the soft labels came from (report.json `targets.soft_labels`), e.g. "soft labels: 16 from logprobs", or ""."""
+    soft = targets.get("soft_labels") or {}
+    sources = ", ".join(f"{n} from {src}" for src, n in (soft.get("sources") or {}).items())
+    text = f"soft labels: {sources}" if sources else ""
+    if soft.get("answers_without_logprobs"):
+        text += f"{', ' if text else ''}{soft['answers_without_logprobs']} cached answers without logprobs"
+    return text
+
+
 def _labels_phrase(targets: dict[str, Any]) -> str:
     """How the labels were learnt: hard labels, or the teacher's soft distribution (train.targets)."""
     kind = targets.get("labels") or "hard"
     if kind == "hard":
         return "hard labels (train.targets=hard)"
-    soft = targets.get("soft_labels") or {}
-    sources = ", ".join(f"{n} from {src}" for src, n in (soft.get("sources") or {}).items())
-    where = f"; soft labels: {sources}" if sources else ""
-    if soft.get("answers_without_logprobs"):
-        where += f", {soft['answers_without_logprobs']} cached answers without logprobs"
+    where = f"; {soft_source_text(targets)}" if soft_source_text(targets) else ""
     pos = targets.get("kd_positions")
     if pos:  # free text: the teacher's per-token top-k (pipeline/kd_text.py)
         return (f"{kind} labels (train.targets={kind}, KL weight {targets.get('kd_weight')}; top-k KL at {pos.get('kl', 0)} answer "

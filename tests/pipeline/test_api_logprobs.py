@@ -249,6 +249,9 @@ def test_distillery_run_with_logprobs_and_mixed_targets(tiny_model, tmp_path):
     assert report["targets"]["labels"] == "mixed" and report["targets"]["kd_weight"] == 0.6
     assert report["targets"]["soft_labels"]["sources"] == {"logprobs": 16}
     assert "mixed labels (train.targets=mixed, KL weight 0.6, temperature 1.0; soft labels: 16 from logprobs)" in (out / "report.md").read_text()
+    from bot.blocks import report_message  # the Slack report says the same
+
+    assert "labels: mixed (KL weight 0.6); soft labels: 16 from logprobs" in json.dumps(report_message("r1", report))
 
 
 def test_plans_from_chat_and_mcp_may_ask_for_logprobs_and_say_when_the_teacher_refuses(isolated_home):
