@@ -44,7 +44,7 @@ class TeacherResult:
     text: str | None = None  # the teacher's answer (the winning sample with self-consistency)
     label: str | None = None  # parsed final answer; None when rejected before filters
     rationale: str | None = None
-    confidence: float | None = None  # option probability (scored options) or vote share (self-consistency)
+    confidence: float | None = None  # option probability (scored options, or logprobs) or vote share (self-consistency)
     soft: dict[str, float] | None = None  # closed sets: the teacher's distribution over every option (soft label)
     soft_source: str | None = None  # "scored options" | "logprobs" | "votes"
     soft_mass: float | None = None  # logprobs: the answer token's probability outside the options (before renormalising)
@@ -129,8 +129,9 @@ def _soft_from_one(res: TeacherResult, task, ex: Example, labels, ans: TeacherAn
         res.soft, res.soft_source = soft_label(task.options(ex, labels), ans.option_probs), "scored options"
     elif task.choice_based and ans.logprobs:
         soft, outside = option_distribution(ans.logprobs, task.options(ex, labels), res.label)
-        if soft is not None:
+        if soft is not None:  # the label's share is the row's confidence (teacher.min_confidence applies)
             res.soft, res.soft_source, res.soft_mass = soft_label(list(soft), soft), "logprobs", outside
+            res.confidence = res.soft.get(res.label) if res.label in res.soft else None
     elif not task.choice_based and ans.logprobs:
         res.topk = compact_topk(ans.logprobs)
 

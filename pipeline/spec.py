@@ -94,7 +94,8 @@ class TeacherSpec(_Strict):
     # 20 is the OpenAI/vLLM limit, Azure OpenAI may cap at 5): soft labels on closed sets, per-token top-k for free text
     # (the local teacher computes that top-k itself; its closed-set soft labels need no logprobs)
     min_agreement: float = Field(0.0, ge=0.0, le=1.0)  # with self_consistency: share of samples agreeing
-    min_confidence: float | None = Field(None, ge=0.0, le=1.0)  # reject rows the teacher is less sure of
+    min_confidence: float | None = Field(None, ge=0.0, le=1.0)  # reject rows the teacher is less sure of (scored options,
+    # logprobs: the label's share of the options; self-consistency: the vote share)
     agree_with_gold: bool = False  # reject rows whose label disagrees with the dataset's gold label
     batch_size: int = Field(16, ge=1)  # local teacher: rows per forward pass
     device: str = "auto"  # local teacher: auto | cpu | cuda | mps

@@ -308,3 +308,18 @@ def test_batch_labelling_asks_for_logprobs_and_keeps_them(tmp_path):
     for r in (json.loads(ln) for ln in (tmp_path / "run" / "labels.jsonl").read_text().splitlines()):
         # the fake gives the written word logprob -0.01 and made-up alternatives: all mass on the label, e^-0.01 inside
         assert r["soft"][r["label"]] == 1.0 and r["soft_mass"] == pytest.approx(1 - math.exp(-0.01), abs=1e-6)
+
+
+def test_min_confidence_filters_api_answers_by_their_logprob_share(tmp_path):
+    def unsure_on_odd_rows(req):  # rows 1, 3, 5, 7 (the bad films) are a coin toss for the teacher
+        right = "positive" if "good" in last_user(req) else "negative"
+        other = {"positive": "negative", "negative": "positive"}[right]
+        share = 0.9 if right == "positive" else 0.55
+        return Reply(text=right, logprobs=[(right, lp(share), [(right, lp(share)), (other, lp(1 - share))])])
+
+    with FakeLLMServer(responder=unsure_on_odd_rows) as server:
+        summary = label(_spec(server, _rows(tmp_path), tmp_path / "run", "teacher.logprobs=2", "teacher.min_confidence=0.7",
+                              "teacher.min_success_ratio=0.3"))
+    assert summary.accepted == 4 and summary.by_reason == {"filtered: min_confidence": 4}
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "labels.jsonl").read_text().splitlines()]
+    assert {r["label"] for r in rows} == {"positive"} and all(r["confidence"] == pytest.approx(0.9, abs=1e-5) for r in rows)
