@@ -13,8 +13,9 @@ The student's distribution over a row's options: the SUMMED log-probability of e
 the student prompt (the end-of-turn token excluded), softmaxed over the options. These are exactly the numbers
 evaluation ranks the options by (pipeline/scoring.score_options), so KD shapes the decision the student is scored
 on; the sum is exact for labels of several tokens and equals the first token's log-probability when every option
-is one token (the usual case), so no special case is needed. Each option is one sequence (K options: K rows through
-the model per labelled row); the LM head still runs only at supervised positions (batching.target_logits).
+is one token (the usual case). Each option is one sequence (K options: K rows through the model per labelled row),
+except when every option is one token after the same prompt: then the hard label's sequence alone gives all K
+scores (one pass; KDLoss.terms). The LM head runs only at supervised positions (batching.target_logits).
 
 Loss of one optimizer step (grad_accum micro-batches together):
     (1 - w) * CE + w * KL,   CE = today's cross-entropy summed over the hard label's target tokens (end-of-turn
@@ -62,6 +63,19 @@ class KDRow(HardRow):
     @property
     def hard(self) -> Encoded:  # type: ignore[override]
         return self.options[self.label_index]
+
+    def option_tokens(self) -> list[int] | None:
+        """Each option's one answer token when every option is a single token (then end-of-turn) after the same
+        prompt, all different: one sequence then gives every option's score (KDLoss.terms' one-pass case)."""
+        first = self.options[0]
+        start = first.target_start
+        if any(e.n_target != 2 or e.target_start != start for e in self.options):
+            return None
+        prompt, end = first.input_ids[:start], first.input_ids[start + 1]
+        if any(e.input_ids[:start] != prompt or e.input_ids[start + 1] != end for e in self.options[1:]):
+            return None
+        tokens = [e.input_ids[start] for e in self.options]
+        return tokens if len(set(tokens)) == len(tokens) else None
 
 
 def encode_kd(records: list[dict[str, Any]], pairs: list[tuple[list[dict[str, str]], str, float]], tokenizer,
@@ -128,7 +142,9 @@ class KDLoss:
 
     @staticmethod
     def tokens(rows: list[KDRow]) -> int:
-        """Non-padding tokens through the model for these rows (every option is a sequence)."""
+        """Non-padding tokens through the model for these rows (every option is a sequence, unless one pass does)."""
+        if all(r.option_tokens() is not None for r in rows):
+            return sum(r.hard.length for r in rows)
         return sum(e.length for r in rows for e in r.options)
 
     @staticmethod
@@ -144,7 +160,36 @@ class KDLoss:
         return cls(1.0 if targets == "soft" else float(train.kd_weight), float(train.kd_temperature))
 
     def terms(self, model, rows: list[KDRow], pad_id: int, device: Any = "cpu"):
-        """(CE summed over the hard labels' target tokens, KL summed over rows) of one micro-batch."""
+        """(CE summed over the hard labels' target tokens, KL summed over rows) of one micro-batch.
+
+        When every row's options are single tokens after a shared prompt (SST-2's negative/positive, A/B/C/D), only
+        the hard label's sequence goes through the model: the logits at the answer position hold every option's
+        log-probability, the same numbers the K-sequence pass sums (one sequence instead of K; tested equal)."""
+        tokens = [r.option_tokens() for r in rows]
+        if all(t is not None for t in tokens):
+            return self._terms_one_pass(model, rows, tokens, pad_id, device)
+        return self._terms_per_option(model, rows, pad_id, device)
+
+    def _terms_one_pass(self, model, rows: list[KDRow], tokens: list[list[int]], pad_id: int, device: Any):
+        import torch
+        import torch.nn.functional as F
+
+        batch = collate([r.hard for r in rows], pad_id, device)
+        logits = target_logits(model, batch)  # two rows per sequence: the answer token, then end-of-turn
+        ce_sum = F.cross_entropy(logits, batch["targets"], reduction="sum")
+        logp = torch.log_softmax(logits[0::2], dim=-1)
+        width = max(len(t) for t in tokens)
+        index = torch.zeros((len(rows), width), dtype=torch.long, device=logp.device)
+        probs = torch.zeros((len(rows), width), dtype=torch.float32, device=logp.device)
+        mask = torch.zeros((len(rows), width), dtype=torch.bool, device=logp.device)
+        for b, (r, t) in enumerate(zip(rows, tokens)):
+            index[b, : len(t)] = torch.tensor(t)
+            probs[b, : len(t)] = torch.tensor(r.probs)
+            mask[b, : len(t)] = True
+        scores = logp.gather(1, index)
+        return ce_sum, option_kl(scores, probs, self.temperature, mask)
+
+    def _terms_per_option(self, model, rows: list[KDRow], pad_id: int, device: Any):
         import torch
         import torch.nn.functional as F
 

@@ -247,3 +247,48 @@ def test_plan_notes_say_when_soft_targets_cannot_work():
     assert "train.targets" not in notes("task=classification", "teacher.provider=openai", "teacher.model=m", "train.targets=mixed",
                                         "teacher.self_consistency=3")
     assert "train.targets" not in notes("task=classification", "teacher.provider=openai", "teacher.model=m")
+
+
+def test_one_pass_over_single_token_options_equals_one_sequence_per_option(tiny_model):
+    """SST-2-like labels are one token each: the hard label's sequence alone gives every option's score, and the
+    loss and its gradients equal the K-sequence computation (the reference the hand-written KL test checks)."""
+    import torch
+
+    from pipeline.kd import KDLoss
+
+    rows = _relabelled(soft_records(6), {"negative": "A", "positive": "B"})  # one token each in the tiny tokenizer
+    model, tok, kd_rows = _kd_rows(tiny_model, rows)
+    tokens = [r.option_tokens() for r in kd_rows]
+    assert all(t is not None and len(t) == 2 for t in tokens)
+    kd = KDLoss(weight=0.5, temperature=2.0)
+
+    def loss_and_grads(fn):
+        model.zero_grad()
+        ce, kl = fn()
+        (ce + kl).backward()
+        grads = [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+        return float(ce.detach()), float(kl.detach()), grads
+
+    ce1, kl1, g1 = loss_and_grads(lambda: kd._terms_one_pass(model, kd_rows, tokens, tok.pad_token_id, "cpu"))
+    ce2, kl2, g2 = loss_and_grads(lambda: kd._terms_per_option(model, kd_rows, tok.pad_token_id, "cpu"))
+    assert ce1 == pytest.approx(ce2, rel=1e-5) and kl1 == pytest.approx(kl2, abs=1e-6) and kl1 > 0
+    assert len(g1) == len(g2) and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g1, g2))
+    assert KDLoss.tokens(kd_rows) == sum(r.hard.length for r in kd_rows)  # one sequence per row went through
+
+
+def _relabelled(rows: list[dict], names: dict[str, str]) -> list[dict]:
+    for r in rows:
+        r["soft"] = {names[k]: v for k, v in r["soft"].items()}
+        r["label"] = r["messages"][-1]["content"] = names[r["label"]]
+    return rows
+
+
+def test_options_of_several_tokens_take_one_sequence_per_option(tiny_model):
+    from pipeline.kd import KDLoss
+
+    rows = soft_records(4)  # "negative" and "positive" are two tokens each in the tiny tokenizer
+    model, tok, kd_rows = _kd_rows(tiny_model, rows)
+    assert all(r.option_tokens() is None for r in kd_rows)
+    assert KDLoss.tokens(kd_rows) == sum(e.length for r in kd_rows for e in r.options)
+    ce, kl = KDLoss(weight=0.5, temperature=1.0).terms(model, kd_rows, tok.pad_token_id)
+    assert float(kl.detach()) > 0 and float(ce.detach()) > 0
