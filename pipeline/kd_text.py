@@ -94,11 +94,13 @@ def align(target: str, topk: list | None, tokenizer, tokens: TokenMap) -> list[t
         if i is None or written[i] != target[a:b] or tokens.id(written[i]) != sid:
             out.append(([], []))
             continue
-        pairs = [(tokens.id(str(t)), float(lp)) for t, lp in topk[i]]
-        if any(p is None for p, _ in pairs):
+        ids_lp: dict[int | None, float] = {}
+        for t, lp in topk[i]:
+            ids_lp.setdefault(tokens.id(str(t)), float(lp))  # each student id once, the written token first
+        if None in ids_lp:
             out.append(([], []))  # an alternative the student cannot write as one token
             continue
-        out.append(([p for p, _ in pairs], [lp for _, lp in pairs]))
+        out.append((list(ids_lp), list(ids_lp.values())))
     return out
 
 
@@ -117,7 +119,10 @@ def encode_topk(records: list[dict[str, Any]], pairs: list[tuple[list[dict[str, 
     tokens = TokenMap(tokenizer)
     rows = []
     for rec, (_, target, _), enc in zip(records, pairs, encoded):
-        per_token = align(target, rec.get("topk"), tokenizer, tokens)
+        try:
+            per_token = align(target, rec.get("topk"), tokenizer, tokens)
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError):  # a hand-edited `topk`: plain cross-entropy, counted
+            per_token = align(target, None, tokenizer, tokens)
         text_positions = min(len(per_token), enc.n_target)  # what truncation kept; the end-of-turn after them
         per_token = per_token[:text_positions] + [([], [])] * (enc.n_target - text_positions)
         rows.append(TopKRow(enc, [p[0] for p in per_token], [p[1] for p in per_token], text_positions))

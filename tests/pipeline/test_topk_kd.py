@@ -229,3 +229,12 @@ def test_gemma_token_strings_map_back_to_gemma_tokens(gemma_path):
     topk = [[[tok.decode([i], clean_up_tokenization_spaces=False), -0.1], [" the", -2.0], ["The", -3.0]] for i in ids]
     got = align(target, topk, tok, TokenMap(tok))
     assert [g[0][0] for g in got] == ids and all(len(g[0]) == 3 for g in got)
+
+
+def test_a_damaged_top_k_falls_back_to_cross_entropy_and_is_counted(tiny_model):
+    recs = records(_tok(tiny_model), 3)
+    recs[0]["topk"] = [["not a position"], 7]  # hand-edited labels.jsonl
+    recs[1]["topk"][0] = recs[1]["topk"][0] + [recs[1]["topk"][0][0]]  # a duplicated pair counts once
+    _, _, rows = _rows(tiny_model, recs)
+    assert rows[0].kl_positions == 0 and rows[0].answer_positions > 0
+    assert len(rows[1].ids[0]) == len(recs[1]["topk"][0]) - 1
