@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import SpecError, TeacherError
+from .errors import Cancelled, SpecError, TeacherError
 from .progress import ProgressFn, Tracker
 
 __all__ = ["JUDGED_TASKS", "JUDGE_FILE", "RUBRIC", "judge_spec", "judge_messages", "parse_verdict", "outcome", "wilson",
@@ -252,7 +252,11 @@ def _ask(spec, judge, plan, progress, should_stop):
         pending = [r for r in requests.values() if cached_answer(store, r) is None]
         tracker = Tracker("judging", len(requests), progress, unit="verdicts", start=len(requests) - len(pending))
         state = SendState(on_done=lambda key: tracker.advance(1))
-        run_loop(send(judge, pending, store, state, should_stop))
+        try:
+            run_loop(send(judge, pending, store, state, should_stop))
+        except Cancelled:
+            raise Cancelled(f"evaluation was cancelled while judging; the verdicts received are kept in {JUDGE_FILE} and a new run "
+                            "resumes from them.") from None
         tracker.advance(0, force=True)
         answers = {k: cached_answer(store, r) for k, r in requests.items()}
     finally:

@@ -15,7 +15,7 @@ from testpaths import DATA
 from fake_llm_server import FakeLLMServer, Reply, judge_call
 from teacher_profiles import write_profiles
 
-from pipeline.errors import SpecError
+from pipeline.errors import Cancelled, SpecError
 from pipeline.evaluation import test_examples as load_test_rows
 from pipeline.judge import JUDGE_FILE, judge_run, judge_spec, outcome, parse_verdict, wilson
 from pipeline.report import build_report, judged_lines, render_markdown
@@ -276,3 +276,16 @@ def test_judged_results_reach_report_json_md_slack_and_get_report(tmp_path):
         assert expected in text, expected
     msg = json.dumps(report_message(record.id, registry.get(record.id).report))
     assert "student_distilled: win 100 %" in msg and cost in msg and "rationales: as a second task" in msg
+
+
+def test_a_cancelled_judging_keeps_its_verdicts_and_resumes(tmp_path):
+    with FakeLLMServer(judge=lambda call: Reply(text=_by_words(call), delay=0.1)) as server:  # slower than the stop check
+        spec = _spec(tmp_path, server.openai_base_url, "teacher.concurrency=1")
+        rows = _students(spec, "bad", "good")
+        with pytest.raises(Cancelled, match="while judging"):
+            judge_run(spec, rows, should_stop=lambda: len(server.requests) >= 3)
+        kept = len((spec.out_dir / JUDGE_FILE).read_text().splitlines())
+        assert 3 <= kept < 16
+        judged = judge_run(spec, rows)
+    assert judged["judge"]["sent"] == 16 - kept  # the verdicts already received are not bought again
+    assert judged["parts"]["student_distilled"]["win_rate"] == 1.0

@@ -67,6 +67,9 @@ def test_labels_for_another_mode_or_soft_targets_are_refused(tmp_path):
     with pytest.raises(TrainingError, match="train.targets=hard"):
         training_pairs(soft, [training_record(soft, task, ex, "entailment", RATIONALE)])
     assert any("multitask" in n for n in spec_notes(soft))
+    parallel = _spec(tmp_path, "train.rationale=multitask", "train.workers=2")
+    with pytest.raises(TrainingError, match="train.workers=1"):
+        training_pairs(parallel, [training_record(parallel, task, ex, "entailment", RATIONALE)])
     assert any("needs teacher.chain_of_thought=true" in n for n in spec_notes(_spec(tmp_path, "train.rationale=multitask",
                                                                                       "teacher.chain_of_thought=false")))
 
