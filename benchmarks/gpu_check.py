@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,6 +93,7 @@ def _build(args, name: str, folder: Path, tokenizer_dir: Path) -> dict:
     if device == "cuda":
         torch.cuda.synchronize()
     t1 = time.perf_counter()
+    print(f"NOTE {name}: {params / 1e9:.2f}B parameters built on {device} in {t1 - t0:.1f} s; saving", flush=True)
     model.save_pretrained(folder, max_shard_size="5GB")
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     tok.chat_template = GEMMA_CHAT_TEMPLATE
@@ -118,7 +120,9 @@ def stage_env(args) -> dict:
     for mod in ("transformers", "peft", "accelerate", "tokenizers", "safetensors", "pydantic", "yaml", "click", "numpy",
                 "pyarrow", "openai", "aiohttp", "matplotlib", "datasets", "trl", "bitsandbytes"):
         try:
-            info[mod] = getattr(importlib.import_module(mod), "__version__", "?")
+            with warnings.catch_warnings():  # click warns about __version__
+                warnings.simplefilter("ignore")
+                info[mod] = getattr(importlib.import_module(mod), "__version__", "?")
         except Exception as err:  # noqa: BLE001 - any import failure means "not usable here"
             info[mod] = f"missing ({type(err).__name__}: {str(err)[:120]})"
     return info
@@ -162,15 +166,17 @@ def _train_ours(args, model: str, method: str, out: Path, steps: int, lr: float)
         "student": {"model": model, "device": device, "dtype": dtype, "method": method, "lora": LORA},
         "train": {**SETTINGS, "learning_rate": lr, "max_steps": steps, "max_seq_len": args.max_seq_len, "checkpoint_every": 10_000},
         "out": str(out)})
+    start_gb = torch.cuda.memory_allocated() / 1e9 if device == "cuda" else None  # 0 unless a model was left behind
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     marks: list[tuple[int, float]] = []
     t0 = time.perf_counter()
+    print(f"NOTE train {method} {Path(model).name}: {steps} steps on {device}", flush=True)
     summary = train(spec, progress=lambda p: marks.append((p.done, time.perf_counter())))
     losses = [h["loss"] for h in summary.loss_history]
     return {"tokens_per_second": _window(args, marks, steps), "tokens_per_second_loop": summary.tokens_per_second,
             "peak_gb": _peak_gb(args), "final_loss": sum(losses[-5:]) / len(losses[-5:]), "loop_s": summary.seconds,
-            "train_call_s": time.perf_counter() - t0, "steps": summary.steps}
+            "train_call_s": time.perf_counter() - t0, "steps": summary.steps, "allocated_at_start_gb": start_gb}
 
 
 def stage_ours(args, method: str) -> dict:
@@ -232,6 +238,7 @@ def stage_8b(args) -> dict:
     if not args.tiny and free < 25:
         raise SystemExit(f"only {free:.0f} GB free under {work}; the 8B-shaped checkpoint needs about 19 GB.")
     built = _build(args, "llama-3.1-8b", work / "llama-8b", work / "tokenizer")
+    print(f"NOTE llama-3.1-8b: saved {built['saved_gb']:.1f} GB in {built['save_s']:.1f} s", flush=True)
     gc.collect()
     if not args.tiny:
         torch.cuda.empty_cache()
@@ -287,7 +294,7 @@ def stage_smoke(args) -> dict:
         stages["generate"] = "failed"
         result["generate_error"] = f"{type(err).__name__}: {str(err).splitlines()[-1] if str(err) else ''}"
     if any(v != "passed" for v in stages.values()) or len(stages) < 5:
-        print("RESULT " + json.dumps(result, default=str), flush=True)
+        print("PARTIAL " + json.dumps(result, default=str), flush=True)
         raise SystemExit(f"smoke failed: {result.get('error') or result.get('generate_error') or stages}")
     return result
 
@@ -313,6 +320,8 @@ def child(args) -> None:
     (Path(args.work) / "results").mkdir(exist_ok=True)
     (Path(args.work) / "results" / f"{name}.json").write_text(json.dumps(result, default=str))
     print("RESULT " + json.dumps(result, default=str), flush=True)
+    sys.stderr.flush()
+    os._exit(0)  # the result is out: no interpreter or CUDA teardown that could hang past the stage's timeout
 
 
 # ------------------------------------------------------------------------------------------------ the driver
@@ -347,15 +356,15 @@ def launch(args, name: str, timeout: float, log) -> dict:
     reader.join(timeout=5)
     log.flush()
     results = [json.loads(line[7:]) for line in lines if line.startswith("RESULT ")]
-    result = results[-1] if results else {}
-    if proc.returncode == 0 and results:
-        return {"status": "passed", **result}
-    tail = [line for line in lines if line.strip() and not line.startswith(("RESULT ", "NOTE "))]
-    if proc.returncode in (-signal.SIGKILL, 137) and not results:
-        why = f"timed out after {timeout:.0f} s"
+    if results:  # printed only on success, as the stage's last act (killed after it: still a result)
+        return {"status": "passed", **results[-1]}
+    partial = [json.loads(line[8:]) for line in lines if line.startswith("PARTIAL ")]
+    tail = [line for line in lines if line.strip() and not line.startswith(("PARTIAL ", "NOTE "))]
+    if proc.returncode in (-signal.SIGKILL, 137):
+        why = f"timed out after {timeout:.0f} s" + (f" (last line: {tail[-1][:300]})" if tail else "")
     else:
         why = tail[-1][:400] if tail else f"exit code {proc.returncode}"
-    return {"status": "failed", "error": why, "log_tail": tail[-25:], **result}
+    return {"status": "failed", "error": why, "log_tail": tail[-25:], **(partial[-1] if partial else {})}
 
 
 def _line(name: str, r: dict) -> str:
@@ -438,6 +447,9 @@ def main() -> None:
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     passed = sum(r.get("status") == "passed" for r in stages.values())
     print(f"{passed} of {len(stages)} stages passed; results in {out / 'gpu_check.json'}", flush=True)
+    again = [n for n, r in stages.items() if r.get("status") != "passed" and "out of time" in str(r.get("why"))]
+    if again:
+        print(f"out of time for: {', '.join(again)}; run them with --only {','.join(again)}", flush=True)
     shutil.rmtree(args.work, ignore_errors=True)
     if any(r.get("status") == "failed" for r in stages.values()):
         raise SystemExit(f"gpu_check: {stages['env'].get('error')}" if stages["env"].get("status") == "failed" else 1)
