@@ -68,7 +68,12 @@ def judge_spec(spec):
         from .profiles import load_profiles
         from .spec import TeacherSpec
 
-        base = TeacherSpec.model_validate(load_profiles().get(choice).section)  # SpecError naming the known profiles
+        profiles = load_profiles()
+        profile = profiles.find(choice)
+        if profile is None:
+            raise SpecError(f"eval.judge={choice} names no teacher profile; use auto, teacher, off or one of the configured "
+                            f"profiles: {', '.join(profiles.names())}.")
+        base = TeacherSpec.model_validate(profile.section)
     params = base.params.model_copy(update={"temperature": 0.0, "top_p": 1.0})
     update = {"params": params, "batch": False, "self_consistency": 1, "few_shot": 0}
     if "logprobs" in type(base).model_fields:
@@ -80,8 +85,8 @@ def judge_sentence(spec) -> str | None:
     """Who judges this run, in words (plans and spec notes), or None when nothing is judged."""
     try:
         judge = judge_spec(spec)
-    except SpecError as err:
-        return str(err)
+    except SpecError:
+        return None  # an unknown profile: the run stops with that sentence before labelling (runner), said once
     if judge is None:
         if spec.task in JUDGED_TASKS and spec.eval.judge == "auto" and spec.teacher.provider == "local":
             return ("free text is not judged with the local teacher (eval.judge=auto); name a teacher profile in eval.judge "

@@ -87,14 +87,14 @@ def test_judge_defaults_and_profiles(tmp_path, isolated_home):
     assert judge_spec(_spec(tmp_path, "http://127.0.0.1:9/v1", task="nli", data="conjnli")) is None  # closed sets are not judged
     write_profiles(isolated_home, {"big": {"provider": "openai", "model": "big-judge", "base_url": "http://127.0.0.1:9/v1"}})
     assert judge_spec(_spec(tmp_path, "http://127.0.0.1:9/v1", "eval.judge=big")).model == "big-judge"
-    with pytest.raises(SpecError, match="big"):
+    with pytest.raises(SpecError, match="eval.judge=nosuch names no teacher profile; .* local, big"):
         judge_spec(_spec(tmp_path, "http://127.0.0.1:9/v1", "eval.judge=nosuch"))
     from pipeline.targets import spec_notes
 
     assert any("judged pairwise by openai/big-judge" in n and "4 verdict requests per test row" in n
                for n in spec_notes(_spec(tmp_path, "http://127.0.0.1:9/v1", "eval.judge=big")))
     assert any("not judged with the local teacher" in n for n in spec_notes(local))
-    assert any("nosuch" in n for n in spec_notes(_spec(tmp_path, "http://127.0.0.1:9/v1", "eval.judge=nosuch")))
+    assert not any("nosuch" in n for n in spec_notes(_spec(tmp_path, "http://127.0.0.1:9/v1", "eval.judge=nosuch")))  # said once, by the run
 
 
 def test_each_row_is_judged_in_both_orders_and_position_bias_becomes_ties(tmp_path):
@@ -289,3 +289,19 @@ def test_a_cancelled_judging_keeps_its_verdicts_and_resumes(tmp_path):
         judged = judge_run(spec, rows)
     assert judged["judge"]["sent"] == 16 - kept  # the verdicts already received are not bought again
     assert judged["parts"]["student_distilled"]["win_rate"] == 1.0
+
+
+def test_an_unknown_judge_profile_is_one_sentence_before_any_teacher_token(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    with FakeLLMServer(responder=lambda req: "hello") as server:
+        args = ["run", "task=chat", f"dataset.train={DATA / 'chat.jsonl'}", f"dataset.test={DATA / 'chat_test.jsonl'}",
+                "teacher.provider=openai", "teacher.model=m", f"teacher.base_url={server.openai_base_url}", "teacher.api_key_env=null",
+                "eval.judge=nosuch", f"out={tmp_path / 'run'}"]
+        result = subprocess.run([sys.executable, "-m", "bot.cli", *args], capture_output=True, text=True, timeout=300, env=dict(os.environ))
+        assert server.requests == []  # refused before labelling
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    lines = [x for x in result.stderr.strip().splitlines() if x.strip() and not x.startswith("[")]
+    assert len(lines) == 1 and lines[0].startswith("error: eval.judge=nosuch names no teacher profile"), result.stderr
