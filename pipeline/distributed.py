@@ -109,10 +109,12 @@ def _train_loop(config: dict[str, Any]) -> None:
     import torch
     import torch.distributed as dist
 
-    from .batching import collate, encode_records, epoch_batches, split_rows
+    from .batching import collate, encode_pairs, epoch_batches, split_rows
     from .checkpoints import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
     from .models import render_chat
     from .spec import validate_spec
+    from .steps import Validation, accumulate, step_forward, token_pieces, val_loss
+    from .targets import example_mean, training_pairs
     from .training import MAX_GRAD_NORM, TrainSummary, _load_for_training, _load_trainable, _optimizer, _trainable, read_labelled
 
     ctx = ray.train.get_context()
@@ -131,7 +133,8 @@ def _train_loop(config: dict[str, Any]) -> None:
     wrapped, sharded = _wrap(model, spec, device, use_gpu)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    rows = encode_records(read_labelled(out), tokenizer, render_chat, cfg.keep_rationale, cfg.max_seq_len)
+    rows = encode_pairs(training_pairs(spec, read_labelled(out)), tokenizer, render_chat, cfg.max_seq_len,
+                        per_example=example_mean(spec))  # the targets and weights of one process
     train_rows, val_rows = split_rows(rows, cfg.val_share, cfg.seed)
     lengths = [r.length for r in train_rows]
     micro_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
@@ -140,8 +143,8 @@ def _train_loop(config: dict[str, Any]) -> None:
 
     ckpt_root = out / "checkpoints"
     pos = {"epoch": 0, "cursor": 0}
-    step, seconds, tokens, history, val_history, rows_seen = 0, 0.0, 0, [], [], [0] * world
-    best_loss, best_weights, bad_checks = math.inf, None, 0
+    step, seconds, tokens, history, rows_seen, forwards = 0, 0.0, 0, [], [0] * world, 0
+    checks = Validation(cfg.eval_every, cfg.early_stopping_patience)
     if loaded is not None:
         _, state, meta, best_weights = loaded
         if state["optimizer"] is not None:  # FSDP checkpoints keep no optimizer state (it is sharded): Adam restarts
@@ -149,9 +152,9 @@ def _train_loop(config: dict[str, Any]) -> None:
         sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         step, seconds, tokens = meta["step"], meta["seconds"], meta["tokens"]
-        pos, history, val_history = meta["position"], meta["loss_history"], meta["val_losses"]
-        best_loss, bad_checks = meta["best_loss"], meta["bad_checks"]
-        rows_seen = meta.get("rows_seen", rows_seen)
+        pos, history = meta["position"], meta["loss_history"]
+        checks.restore(meta, best_weights)
+        rows_seen, forwards = meta.get("rows_seen", rows_seen), meta.get("forwards", 0)
     resumed_from = step
     batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, pos["epoch"])
 
@@ -175,10 +178,9 @@ def _train_loop(config: dict[str, Any]) -> None:
 
     def _save(root: Path) -> None:
         meta = {"fingerprint": fingerprint, "step": step, "seconds": seconds, "tokens": tokens, "position": pos,
-                "epoch_order": batches, "loss_history": history, "val_losses": val_history, "best_loss": best_loss,
-                "bad_checks": bad_checks, "workers": world, "rows_seen": rows_seen}
+                "epoch_order": batches, "loss_history": history, **checks.meta(), "workers": world, "rows_seen": rows_seen, "forwards": forwards}
         state = {"optimizer": None if sharded else opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state()}
-        save_checkpoint(root, step, _trainable(model), state, meta, best=best_weights)
+        save_checkpoint(root, step, _trainable(model), state, meta, best=checks.best_weights)
 
     def report(info: dict[str, Any]) -> None:
         if rank == 0:
@@ -195,17 +197,11 @@ def _train_loop(config: dict[str, Any]) -> None:
         for r in range(world):
             rows_seen[r] += sum(len(mb) for mb in micro[r * cfg.grad_accum:(r + 1) * cfg.grad_accum])
         mine = [[train_rows[i] for i in mb] for mb in micro[rank * cfg.grad_accum:(rank + 1) * cfg.grad_accum]]
-        local_target = sum(r.n_target for mb in mine for r in mb)
+        local_target = sum(r.n_target * r.weight for mb in mine for r in mb)  # the loss weight (target tokens when all weigh 1)
         n_target = all_sum(local_target)[0]
-        loss_local, tokens_local = 0.0, 0
-        for j, mb in enumerate(mine):
-            batch = collate(mb, pad_id, device)
-            sync = nullcontext() if j == len(mine) - 1 else wrapped.no_sync()
-            with sync:
-                loss_sum = wrapped(batch)
-                (loss_sum * world / n_target).backward()  # DDP averages over ranks: x world gives the global mean
-            loss_local += float(loss_sum.detach())
-            tokens_local += batch["n_tokens"]
+        # pieces of train.batch_tokens, each divided by the global target count; x world as DDP averages over ranks
+        pieces = token_pieces(mine, cfg.batch_tokens)
+        loss_local, tokens_local = accumulate(pieces, step_forward(wrapped, pad_id, device, n_target, world), wrapped.no_sync)
         if sharded:
             wrapped.clip_grad_norm_(MAX_GRAD_NORM)
         else:
@@ -213,20 +209,17 @@ def _train_loop(config: dict[str, Any]) -> None:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        step_loss, step_tokens = all_sum(loss_local, tokens_local)
+        step_loss, step_tokens, step_forwards = all_sum(loss_local, tokens_local, len(pieces))
+        forwards += int(step_forwards)
         step += 1
         tokens += int(step_tokens)
         seconds += time.perf_counter() - t0
-        history.append({"step": step, "loss": step_loss / n_target})
-        if val_rows and (step % cfg.eval_every == 0 or step == total_steps):
-            val = _val_loss(wrapped, val_rows, pad_id, device, cfg.batch_size, collate)
-            val_history.append({"step": step, "loss": val})
-            if val < best_loss:
-                best_loss, bad_checks = val, 0
-                best_weights = {k: v.detach().clone() for k, v in _trainable(model).items()}
-            else:
-                bad_checks += 1
-                stopped_early = bool(cfg.early_stopping_patience and bad_checks >= cfg.early_stopping_patience)
+        history.append({"step": step, "loss": step_loss})
+        if val_rows and checks.due(step, total_steps):
+            wrapped.eval()
+            val = val_loss(lambda piece: _loss_and_count(wrapped, collate(piece, pad_id, device)), val_rows, cfg.batch_size, cfg.batch_tokens)
+            wrapped.train()
+            stopped_early = checks.record(step, val, lambda: _trainable(model))
         if time.monotonic() - last_report >= 0.5 or step == total_steps:
             last_report = time.monotonic()
             report({"loss": history[-1]["loss"], "tokens_per_second": tokens / max(seconds, 1e-9)})
@@ -239,16 +232,17 @@ def _train_loop(config: dict[str, Any]) -> None:
             return
         if step % cfg.checkpoint_every == 0 and step < total_steps and not stopped_early:
             checkpoint()
-    if stopped_early and best_weights is not None:
-        _load_trainable(model, best_weights)
+    if stopped_early and checks.best_weights is not None:
+        _load_trainable(model, checks.best_weights)
     digests: list[Any] = [None] * world  # every rank's weights hashed: DDP must leave them bit-identical
     dist.all_gather_object(digests, None if sharded else _digest(_trainable(model)))
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if use_gpu else None
     summary = TrainSummary(
         examples=len(train_rows), steps=step, seconds=round(seconds, 3), tokens_per_second=tokens / max(seconds, 1e-9),
-        final_loss=history[-1]["loss"] if history else None, loss_history=history, val_losses=val_history,
+        final_loss=history[-1]["loss"] if history else None, loss_history=history, val_losses=checks.history,
         method=spec.student.method, device=f"{device.type} x{world}", val_examples=len(val_rows),
-        resumed_from=resumed_from, stopped_early=stopped_early, fingerprint=fingerprint, workers=world)
+        resumed_from=resumed_from, stopped_early=stopped_early, fingerprint=fingerprint, workers=world,
+        batch_tokens=cfg.batch_tokens or None, forwards=forwards)  # forwards: all ranks together
     extra = {"rows_seen_per_rank": rows_seen, "rank_weight_digests": digests, "peak_gpu_memory_gb": peak}
     with gathered():
         if rank == 0:
@@ -275,17 +269,9 @@ def _digest(weights: dict[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
-def _val_loss(wrapped, rows, pad_id, device, batch_size, collate) -> float:
-    import torch
-
-    wrapped.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(rows), batch_size):
-            batch = collate(rows[i:i + batch_size], pad_id, device)
-            total, count = total + float(wrapped(batch)), count + int(batch["targets"].numel())
-    wrapped.train()
-    return total / max(count, 1)
+def _loss_and_count(wrapped, batch):
+    """(summed target-token loss through the wrapped model, target tokens): one validation piece."""
+    return wrapped(batch), int(batch["targets"].numel())
 
 
 def _ray_init(workers: int) -> bool:

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SpecError
+from .steps import DEFAULT_TRAIN_BATCH_TOKENS
 
 __all__ = [
     "TASKS",
@@ -125,6 +126,8 @@ class TrainSpec(_Strict):
     max_steps: int | None = Field(None, ge=1)  # overrides epochs when set
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
+    batch_tokens: int | None = Field(DEFAULT_TRAIN_BATCH_TOKENS, ge=0)  # memory: padded tokens per forward/backward; a step's
+    # batch is cut into pieces this size, gradients accumulated, same update (pipeline/steps.py); 0 or null: uncut
     max_seq_len: int = Field(512, ge=8)  # longer examples are truncated from the left of the prompt
     warmup_ratio: float = Field(0.05, ge=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0)

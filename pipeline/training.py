@@ -32,6 +32,7 @@ from .jsonl import jsonl_lines
 from .kd import distillation_loss
 from .progress import ProgressFn, Tracker
 from .runlock import holds_run_lock
+from .steps import Validation, accumulate, step_forward, token_pieces, val_loss
 from .targets import example_mean, rationale_text, training_pairs
 
 __all__ = ["TrainSummary", "train", "check_student", "load_student", "read_labelled", "run_fingerprint", "write_model_card", "MAX_GRAD_NORM"]
@@ -59,6 +60,8 @@ class TrainSummary:
     kd_weight: float | None = None  # the KL share of the loss (soft: 1.0; hard: None)
     kd_temperature: float | None = None
     kd_positions: dict[str, int] | None = None  # free text: answer tokens trained on the teacher's top-k ("kl") and on CE only
+    batch_tokens: int | None = None  # train.batch_tokens: padded tokens per forward/backward (None: a micro-batch each)
+    forwards: int = 0  # forward/backward passes (all sessions): more than steps x grad_accum when batch_tokens cut batches
 
 
 def read_labelled(out: Path) -> list[dict[str, Any]]:
@@ -84,7 +87,7 @@ def run_fingerprint(spec, labels_path: Path) -> str:
     student = spec.student.model_dump(mode="json", exclude={"device"})
     unused = {"targets", "kd_weight", "kd_temperature"} if spec.train.targets == "hard" else set()  # hard: as before
     unused |= set() if spec.train.rationale_mode == "multitask" else {"rationale_weight"}  # only multitask uses it
-    training = spec.train.model_dump(mode="json", exclude={"merge", "checkpoint_every"} | unused)
+    training = spec.train.model_dump(mode="json", exclude={"merge", "checkpoint_every", "batch_tokens"} | unused)  # batch_tokens: same update
     blob = json.dumps({"labels": digest, "student": student, "train": training}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -187,17 +190,12 @@ def _load_trainable(model, weights: dict[str, Any]) -> None:
             params[name].copy_(value)
 
 
-def _val_loss(model, rows, pad_id, device, batch_size) -> float:
-    import torch
-
+def _val_loss(model, rows, pad_id, device, cfg) -> float:
     model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(rows), batch_size):
-            loss_sum, n = supervised_loss(model, collate(rows[i:i + batch_size], pad_id, device))
-            total, count = total + float(loss_sum), count + n
-    model.train()
-    return total / max(count, 1)
+    try:
+        return val_loss(lambda piece: supervised_loss(model, collate(piece, pad_id, device)), rows, cfg.batch_size, cfg.batch_tokens)
+    finally:
+        model.train()
 
 
 def _finished(out: Path, fingerprint: str) -> TrainSummary | None:
@@ -261,8 +259,8 @@ def train(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
     # 4. resume from the newest checkpoint of this spec, if any
     ckpt_root = out / "checkpoints"
     pos = {"epoch": 0, "cursor": 0}
-    step, seconds, tokens, history, val_history = 0, 0.0, 0, [], []
-    best_loss, best_weights, bad_checks = math.inf, None, 0
+    step, seconds, tokens, history, forwards = 0, 0.0, 0, [], 0
+    checks = Validation(cfg.eval_every, cfg.early_stopping_patience)
     found = latest_checkpoint(ckpt_root, fingerprint)
     if found is not None:
         weights, state, meta, best_weights = load_checkpoint(found)
@@ -271,19 +269,19 @@ def train(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
         sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         step, seconds, tokens = meta["step"], meta["seconds"], meta["tokens"]
-        pos, history, val_history = meta["position"], meta["loss_history"], meta["val_losses"]
-        best_loss, bad_checks = meta["best_loss"], meta["bad_checks"]
+        pos, history, forwards = meta["position"], meta["loss_history"], meta.get("forwards", 0)
+        checks.restore(meta, best_weights)
     resumed_from = step
     batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, pos["epoch"])
 
     def checkpoint() -> None:
-        meta = {"fingerprint": fingerprint, "step": step, "seconds": seconds, "tokens": tokens, "position": pos,
-                "epoch_order": batches, "loss_history": history, "val_losses": val_history,
-                "best_loss": best_loss, "bad_checks": bad_checks}
+        meta = {"fingerprint": fingerprint, "step": step, "seconds": seconds, "tokens": tokens, "position": pos, "forwards": forwards,
+                "epoch_order": batches, "loss_history": history, **checks.meta()}
         state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state()}
-        save_checkpoint(ckpt_root, step, _trainable(model), state, meta, best=best_weights)
+        save_checkpoint(ckpt_root, step, _trainable(model), state, meta, best=checks.best_weights)
 
-    # 5. train: grad_accum micro-batches per step, loss averaged over the step's target tokens
+    # 5. train: grad_accum micro-batches per step, each cut to train.batch_tokens padded tokens (pipeline/steps.py);
+    #    every piece's loss is divided by the whole step's target tokens, so the update is the unsplit step's
     tracker = Tracker("training", total_steps, progress, unit="steps", start=step)
     stopped_early = False
     while step < total_steps and not stopped_early:
@@ -298,52 +296,44 @@ def train(spec, progress: ProgressFn | None = None, should_stop: Callable[[], bo
         n_target = sum(r.n_target for mb in micro for r in mb)
         if kd is None:  # the step's total loss weight (its target tokens when every row weighs 1, as before)
             n_target = sum(r.n_target * r.weight for mb in micro for r in mb)
-        step_loss = 0.0
-        for mb in micro:
-            if kd is not None:  # (1 - w) * CE + w * KL, each micro-batch's share of the step (pipeline/kd.py, kd_text.py)
-                loss, value = kd.micro_loss(model, mb, pad_id, device, n_target, sum(len(m) for m in micro))
-                loss.backward()
-                step_loss += value * n_target  # history divides by n_target below
-                tokens += kd.tokens(mb)
-                continue
-            batch = collate(mb, pad_id, device)
-            loss_sum, _ = supervised_loss(model, batch)
-            (loss_sum / n_target).backward()
-            step_loss += float(loss_sum.detach())
-            tokens += batch["n_tokens"]
+        n_rows = sum(len(mb) for mb in micro)
+        if kd is not None:  # (1 - w) * CE + w * KL, each piece's share of the step (pipeline/kd.py, kd_text.py)
+            def forward(piece):
+                loss, value = kd.micro_loss(model, piece, pad_id, device, n_target, n_rows)
+                return loss, value, kd.tokens(piece)
+        else:
+            forward = step_forward(lambda batch: supervised_loss(model, batch)[0], pad_id, device, n_target)
+        pieces = token_pieces(micro, cfg.batch_tokens)
+        step_loss, step_tokens = accumulate(pieces, forward)
+        tokens, forwards = tokens + step_tokens, forwards + len(pieces)
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], MAX_GRAD_NORM)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
         seconds += time.perf_counter() - t0
-        history.append({"step": step, "loss": step_loss / n_target})
-        if val_rows and (step % cfg.eval_every == 0 or step == total_steps):
-            val = _val_loss(model, [r.hard for r in val_rows] if kd else val_rows, pad_id, device, cfg.batch_size)  # hard CE
-            val_history.append({"step": step, "loss": val})
-            if val < best_loss:
-                best_loss, bad_checks = val, 0
-                best_weights = {k: v.detach().clone() for k, v in _trainable(model).items()}
-            else:
-                bad_checks += 1
-                stopped_early = bool(cfg.early_stopping_patience and bad_checks >= cfg.early_stopping_patience)
+        history.append({"step": step, "loss": step_loss})
+        if val_rows and checks.due(step, total_steps):
+            val = _val_loss(model, [r.hard for r in val_rows] if kd else val_rows, pad_id, device, cfg)  # hard CE
+            stopped_early = checks.record(step, val, lambda: _trainable(model))
         tracker.advance(1, loss=history[-1]["loss"], tokens_per_second=tokens / max(seconds, 1e-9))
         if should_stop is not None and should_stop():
             checkpoint()
             raise Cancelled(f"training was cancelled at step {step} of {total_steps}; run it again to resume from there.")
         if step % cfg.checkpoint_every == 0 and step < total_steps and not stopped_early:
             checkpoint()
-    if stopped_early and best_weights is not None:
-        _load_trainable(model, best_weights)
+    if stopped_early and checks.best_weights is not None:
+        _load_trainable(model, checks.best_weights)
 
     # 6. save the student, then training.json and the model card
     summary = TrainSummary(
         examples=len(train_rows), steps=step, seconds=round(seconds, 3), tokens_per_second=tokens / max(seconds, 1e-9),
-        final_loss=history[-1]["loss"] if history else None, loss_history=history, val_losses=val_history,
+        final_loss=history[-1]["loss"] if history else None, loss_history=history, val_losses=checks.history,
         method=spec.student.method, device=device, val_examples=len(val_rows), resumed_from=resumed_from,
         stopped_early=stopped_early, fingerprint=fingerprint, workers=1, targets=cfg.targets,
         kd_weight=None if kd is None else kd.weight, kd_temperature=None if kd is None else kd.temperature,
-        kd_positions=None if kd is None else kd.positions(train_rows))
+        kd_positions=None if kd is None else kd.positions(train_rows),
+        batch_tokens=cfg.batch_tokens or None, forwards=forwards)
     _save_student(spec, model, tokenizer, device)
     _write_json(out / "training.json", asdict(summary))
     write_model_card(spec)

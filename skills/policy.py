@@ -28,7 +28,7 @@ CHAT_KEYS: frozenset[str] = frozenset({
     "teacher.min_confidence", "teacher.agree_with_gold", "teacher.logprobs",
     "teacher.params.max_tokens", "teacher.params.temperature", "teacher.params.top_p",
     "student.method", "student.lora.rank", "student.lora.alpha", "student.lora.dropout",
-    "train.learning_rate", "train.epochs", "train.max_steps", "train.batch_size", "train.grad_accum",
+    "train.learning_rate", "train.epochs", "train.max_steps", "train.batch_size", "train.grad_accum", "train.batch_tokens",
     "train.max_seq_len", "train.warmup_ratio", "train.weight_decay", "train.seed", "train.val_share",
     "train.eval_every", "train.early_stopping_patience", "train.checkpoint_every", "train.keep_rationale",
     "train.gradient_checkpointing", "train.merge", "train.rationale", "train.rationale_weight",
