@@ -270,8 +270,9 @@ def _digest(weights: dict[str, Any]) -> str:
 
 
 def _loss_and_count(wrapped, batch):
-    """(summed target-token loss through the wrapped model, target tokens): one validation piece."""
-    return wrapped(batch), int(batch["targets"].numel())
+    """(summed target-token loss through the wrapped model, its weight: target tokens, or the rows' weights)."""
+    weights = batch.get("weights")
+    return wrapped(batch), float(weights.sum()) if weights is not None else int(batch["targets"].numel())
 
 
 def _ray_init(workers: int) -> bool:
