@@ -409,7 +409,8 @@ def main() -> None:
     only = set(args.only.split(",")) | {"env", "prepare"} if args.only else None
     report = {"mode": "tiny (CPU, tiny shapes)" if args.tiny else "gpu", "budget_s": budget, "steps": args.steps, "rows": args.rows,
               "batch_size": SETTINGS["batch_size"], "max_seq_len": args.max_seq_len, "lora": LORA,
-              "note": "random-init models with real shapes and the real Gemma tokenizer: tokens/s and memory are real, losses and scores are not",
+              "note": ("tiny shapes on CPU: every number is meaningless, this only runs each code path" if args.tiny else
+                       "random-init models with real shapes and the real Gemma tokenizer: tokens/s and memory are real, losses and scores are not"),
               "stages": {}}
     print(f"gpu_check ({report['mode']}): {args.steps} steps x batch {SETTINGS['batch_size']}, {args.rows} SST-2 rows, "
           f"seq <= {args.max_seq_len}, budget {budget:.0f} s; work {args.work}; {report['note']}", flush=True)
