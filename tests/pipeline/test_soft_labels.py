@@ -292,3 +292,23 @@ def test_options_of_several_tokens_take_one_sequence_per_option(tiny_model):
     assert KDLoss.tokens(kd_rows) == sum(e.length for r in kd_rows for e in r.options)
     ce, kl = KDLoss(weight=0.5, temperature=1.0).terms(model, kd_rows, tok.pad_token_id)
     assert float(kl.detach()) > 0 and float(ce.detach()) > 0
+
+
+def test_end_of_turn_is_found_without_building_the_vocabulary(tiny_model, tmp_path):
+    """encode_kd encodes row by row: the end-of-turn lookup must agree with the vocabulary without calling get_vocab."""
+    from transformers import AutoTokenizer
+
+    from pipeline.batching import _EOT_CANDIDATES, end_of_turn_id
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    vocab = tok.get_vocab()
+    assert end_of_turn_id(tok) == vocab["<end_of_turn>"]
+    calls = []
+    tok.get_vocab = lambda: calls.append(1) or vocab  # the fast path never asks for the whole vocabulary
+    assert end_of_turn_id(tok) == vocab["<end_of_turn>"] and not calls
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    bare = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<eos>": 1}, unk_token="a")),
+                                   eos_token="<eos>")
+    assert not any(n in bare.get_vocab() for n in _EOT_CANDIDATES) and end_of_turn_id(bare) == bare.eos_token_id == 1
