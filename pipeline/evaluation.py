@@ -43,6 +43,7 @@ class EvalResult:
     predictions: list[dict[str, Any]] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)  # answers that could not be read, by kind (unparseable, truncated, ...)
     method: str = "generated"  # "scored options" (closed sets) | "generated" (parsed answers) | "teacher"
+    answers: dict[str, int] = field(default_factory=dict)  # closed sets: how often each option was answered (collapse shows)
 
     def to_dict(self, with_predictions: bool = False) -> dict[str, Any]:
         d = asdict(self)
@@ -69,7 +70,9 @@ def _score(spec, examples: list[Example], preds: list[str | None], seconds: floa
     metric = task.metric_name if scores else None
     rows = [{"row": e.row, "prediction": p, "gold": e.gold, **(x or {})} for e, p, x in zip(examples, preds, extra or [None] * len(preds))]
     errors = dict(Counter(r["error"] for r in rows if r.get("error")).most_common())
-    return EvalResult(metric, scores.get(metric) if metric else None, scores, len(examples), round(seconds, 2), rows, errors, method)
+    answers = dict(Counter(p for p in preds if p is not None).most_common()) if task.choice_based else {}
+    return EvalResult(metric, scores.get(metric) if metric else None, scores, len(examples), round(seconds, 2), rows, errors, method,
+                      answers)
 
 
 ERROR_KINDS = ("unparseable", "ambiguous", "empty", "truncated")

@@ -18,7 +18,8 @@ from typing import Any
 
 from .targets import rationale_mode, rationale_text, student_reasons
 
-__all__ = ["build_report", "render_markdown", "write_report", "gap_closed", "outcome_warnings", "gap_text", "judged_lines"]
+__all__ = ["build_report", "render_markdown", "write_report", "gap_closed", "outcome_warnings", "collapse_warnings", "gap_text",
+           "judged_lines"]
 
 ORDER = ("teacher", "student_base", "student_distilled")
 
@@ -95,6 +96,28 @@ def _cue_line(report: dict[str, Any]) -> list[str]:
     return [f"Answer cue: {cue['answer_cue']} ({cue.get('source', 'chosen')}; agreement with gold: {scores})."]
 
 
+COLLAPSE_MIN_ROWS = 4  # a single answer over fewer test rows says little
+
+
+def collapse_warnings(results: dict[str, Any]) -> list[str]:
+    """A closed-set student that gave one answer to every test row: its score is that answer's share of the rows.
+
+    Seen on 24-row runs (benchmarks/README.md): the base Gemma 270M answers the shortest option everywhere and a
+    student trained for 6 steps another one, so "distilled below base" was one option's share against another's.
+    """
+    out = []
+    for name in ("student_base", "student_distilled"):
+        r = results.get(name) or {}
+        answers, n = r.get("answers") or {}, r.get("examples") or 0
+        if n >= COLLAPSE_MIN_ROWS and len(answers) == 1 and sum(answers.values()) == n:
+            option = str(next(iter(answers)))[:40]
+            advice = ("it has not learnt the task yet: train on more rows or for more steps (train.max_steps)"
+                      if name == "student_distilled" else "an untrained base often does this")
+            out.append(f"{name} gave the same answer ('{option}') to all {n} test rows, so its score is that answer's share of "
+                       f"the test rows, not skill at the task; {advice}.")
+    return out
+
+
 def build_report(spec, labelling: dict[str, Any], training: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
     results = evaluation.get("results", {})
     metric = next((r.get("metric") for r in results.values() if r.get("metric")), None)
@@ -102,6 +125,7 @@ def build_report(spec, labelling: dict[str, Any], training: dict[str, Any], eval
     out = Path(spec.out)
     examples = max((r.get("examples", 0) for r in results.values()), default=0)
     warnings, within_noise = outcome_warnings(scores, examples)
+    warnings += collapse_warnings(results)
     return {
         "task": spec.task,
         "metric": metric,

@@ -53,3 +53,25 @@ def test_distilled_option_scores_equal_the_training_paths_log_probs(task, tiny_m
                 logp = torch.log_softmax(target_logits(model, batch), dim=-1).gather(1, batch["targets"][:, None])[:, 0]
             trained = float(logp[:-1].sum())  # the option's tokens as the loss sees them, without the end of turn
             assert trained == pytest.approx(row["option_logprobs"][option], abs=2e-3), (row["row"], option)
+
+
+def test_a_student_answering_one_option_everywhere_is_called_out(tiny_model, tmp_path):
+    """evaluation.json counts each option's answers; the report says when one option took every test row."""
+    from pipeline.report import collapse_warnings
+
+    out = tmp_path / "run"
+    report, _ = _run("nli", tiny_model, out, True)
+    results = json.loads((out / "evaluation.json").read_text())["results"]
+    for name in ("student_base", "student_distilled"):
+        rows = [json.loads(x) for x in (out / f"predictions_{name}.jsonl").read_text().splitlines()]
+        counts = {}
+        for r in rows:
+            counts[r["prediction"]] = counts.get(r["prediction"], 0) + 1
+        assert results[name]["answers"] == counts and sum(counts.values()) == results[name]["examples"]
+        one = len(counts) == 1
+        assert any(w.startswith(f"{name} gave the same answer") for w in report["warnings"]) == one
+    collapsed = {"student_base": {"answers": {"neutral": 12}, "examples": 12},
+                 "student_distilled": {"answers": {"neutral": 5, "entailment": 7}, "examples": 12}}
+    (sentence,) = collapse_warnings(collapsed)
+    assert sentence.startswith("student_base gave the same answer ('neutral') to all 12 test rows")
+    assert collapse_warnings({"student_base": {"answers": {"A": 3}, "examples": 3}}) == []  # too few rows to say
