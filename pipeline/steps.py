@@ -22,10 +22,11 @@ from typing import Any, Callable
 
 __all__ = ["DEFAULT_TRAIN_BATCH_TOKENS", "token_pieces", "step_forward", "accumulate", "val_loss", "Validation"]
 
-# Gemma 3 270M (LoRA, fp32 on CPU) keeps about 2.5 MB of activations per padded token for the backward pass
-# (11.8 GB for DialogSum's batch of 8 x 512 tokens, benchmarks/tasks.py); 1024 tokens keep them near 2.5 GB,
-# so the whole summarization run stays within 4 GB (benchmarks/README.md), and still fills a batch of 8 short
-# classification rows (~100-200 tokens each) in one forward. On a GPU raise it (or set 0: no splitting).
+# Gemma 3 270M (LoRA, fp32 on CPU) kept roughly 2-3 MB of activations per padded token for the backward pass
+# (11.8 GB for DialogSum's batch of 8 x ~450 tokens, benchmarks/tasks.py); 1024 tokens should keep them near
+# 2.5-3 GB, aiming at the 4 GB for the whole summarization run (an estimate: not yet measured on Gemma,
+# benchmarks/README.md), while a batch of 8 short classification rows (~90 tokens) stays one forward. On a GPU
+# raise it (or set 0: no splitting).
 DEFAULT_TRAIN_BATCH_TOKENS = 1024
 
 
